@@ -1,0 +1,62 @@
+//! Conntrack/NAT table. A translated flow owns two entries: one keyed by the tuple as it
+//! arrives (original direction) and one keyed by the tuple of its replies as the container
+//! sends them (reply direction). Each says how to rewrite the packet, so both directions are
+//! one hash lookup.
+
+/// Key of `TG_CT`: a packet's tuple as seen by the hook, before any rewrite. Network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `CtEntry.flags` bits.
+/// Destination is rewritten to `nat_daddr:nat_dport` (original direction of a port map).
+pub const CT_DNAT: u32 = 1;
+/// Source is rewritten to `nat_saddr:nat_sport`.
+pub const CT_SNAT: u32 = 2;
+/// This entry is the reply-direction half of a flow.
+pub const CT_REPLY: u32 = 4;
+/// The flow entered through a container's veth (hairpin).
+pub const CT_HAIRPIN: u32 = 8;
+/// A FIN or RST was seen (TCP); the entry may be retired early.
+pub const CT_CLOSING: u32 = 16;
+
+/// Value of `TG_CT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// New source address/port (valid with `CT_SNAT`), network order.
+    pub nat_saddr: u32,
+    /// New destination address/port (valid with `CT_DNAT`), network order.
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
+    /// `CT_*` bits.
+    pub flags: u32,
+    /// Where to send the rewritten packet without the stack (0: let the stack route it).
+    pub redirect_ifindex: u32,
+    /// Owning container id (for `container del` and stats).
+    pub endpoint_id: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+crate::impl_pod!(CtKey, CtEntry);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn layout() {
+        assert_eq!(core::mem::size_of::<super::CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<super::CtEntry>(), 56);
+        assert_eq!(core::mem::align_of::<super::CtEntry>(), 8);
+    }
+}

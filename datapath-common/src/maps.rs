@@ -1,0 +1,38 @@
+//! Map names (as pinned under the daemon's bpffs dir) and default sizes. Names stay under the
+//! kernel's 16-byte object-name limit so `bpftool map` shows them whole.
+
+/// Port maps: `PortKey` -> `PortValue`. Written by the agent, read by every hook.
+pub const PORTMAP: &str = "TG_PORTMAP";
+/// Every (port, proto) published on any host IP: `PortKey{host_ip: 0}` -> refcount.
+/// Read by the bind4 hook to refuse node processes a published port.
+pub const PORT_GUARD: &str = "TG_PORT_GUARD";
+/// The node's own addresses (uplink, container gateways, loopback): `u32` (BE) -> flags.
+pub const LOCAL_ADDRS: &str = "TG_LOCAL_ADDRS";
+/// Containers by IP: `u32` (BE) -> `Endpoint`.
+pub const ENDPOINTS: &str = "TG_ENDPOINTS";
+/// Conntrack/NAT table: `CtKey` -> `CtEntry`, LRU.
+pub const CONNTRACK: &str = "TG_CT";
+/// Socket-level reverse NAT for node-originated traffic: `SockRevKey` -> `SockRevValue`, LRU.
+pub const SOCK_REVNAT: &str = "TG_SOCK_RNAT";
+/// Single-entry array with the daemon's `Config`.
+pub const CONFIG: &str = "TG_CONFIG";
+/// Per-CPU datapath counters indexed by `stats::Counter`.
+pub const COUNTERS: &str = "TG_COUNTERS";
+
+pub const PORTMAP_MAX: u32 = 131_072;
+pub const LOCAL_ADDRS_MAX: u32 = 4_096;
+pub const ENDPOINTS_MAX: u32 = 16_384;
+pub const CONNTRACK_MAX_DEFAULT: u32 = 262_144;
+pub const SOCK_REVNAT_MAX: u32 = 65_536;
+
+/// Every map the datapath pins, so the agent can pin, reopen and remove them by name.
+pub const ALL: &[&str] = &[
+    PORTMAP,
+    PORT_GUARD,
+    LOCAL_ADDRS,
+    ENDPOINTS,
+    CONNTRACK,
+    SOCK_REVNAT,
+    CONFIG,
+    COUNTERS,
+];
