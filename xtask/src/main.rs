@@ -1,1 +1,154 @@
-fn main(){}
+//! `cargo xtask`: Tollgate's build tooling.
+//!
+//! - `cargo xtask setup`: install what building and testing need (idempotent; quiet when done).
+//! - `cargo xtask build [--debug]`: setup, then build the `tollgate` binary (eBPF object embedded).
+//! - `cargo xtask test`: setup, lint, build, unit tests, then the privileged integration tests.
+//! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
+
+mod build;
+mod run;
+mod setup;
+mod test;
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Tollgate build tooling",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: Debian packages, nightly + rust-src,
+    /// bpf-linker against nightly's LLVM, bpffs at /sys/fs/bpf. Idempotent.
+    Setup,
+    /// Setup, then build the `tollgate` binary (the eBPF object is built and embedded by
+    /// agent/build.rs).
+    Build(build::BuildArgs),
+    /// Setup, lint (fmt, clippy), build, run the unit tests, then the privileged integration
+    /// tests (crate tollgate-tests) against target/release/tollgate.
+    Test(test::TestArgs),
+    /// Build (release), then run `tollgate demo`; exits with the demo's exit status.
+    BuildAndRun(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build(args) => build::run(&args).map(|_| ()),
+        Task::Test(args) => test::run(&args),
+        Task::BuildAndRun(args) => run::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in a subdirectory of the workspace")
+        .to_path_buf()
+}
+
+/// Effective uid 0 (read from /proc/self/status, `Uid: real effective saved fs`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// Render a command for messages: `prog arg arg`.
+pub fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Run a command with inherited stdio (output streams through) and fail unless it succeeds.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Run a command quietly and return its stdout if it succeeded, `None` if it failed or could
+/// not be started.
+pub fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stdin(std::process::Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A `cargo` command run from the workspace root (through rustup's proxy, so `+nightly` works).
+pub fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_args_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "test",
+            "--test-threads",
+            "4",
+            "--",
+            "portmap",
+            "--",
+            "--nocapture",
+        ])
+        .unwrap();
+        let Task::Test(args) = cli.task else {
+            panic!("not the test task")
+        };
+        assert_eq!(args.test_threads, 4);
+        assert_eq!(args.extra, ["portmap", "--", "--nocapture"]);
+    }
+}

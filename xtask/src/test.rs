@@ -1,0 +1,89 @@
+//! `cargo xtask test`: setup, lint, build, host unit tests, then the privileged integration
+//! tests (crate `tollgate-tests`) against the release binary, passed as `TOLLGATE_BIN`.
+//!
+//! Lint and test failures don't stop the later steps (one CI run reports them all); the task
+//! fails at the end if any step failed. A failed setup or build stops it at once. Output streams
+//! through and, when all passes, ends with cargo test's `test result:` lines.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::{build, cargo, display, is_root, run_cmd, setup};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and `cargo clippy`.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Skip the privileged integration tests (crate tollgate-tests).
+    #[arg(long)]
+    pub no_integration: bool,
+    /// Number of integration tests run at once (each builds its own namespaces).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub test_threads: usize,
+    /// Passed to `cargo test`, e.g. a test name filter; anything after a second `--` goes to
+    /// the test harness: `cargo xtask test -- portmap -- --nocapture`.
+    #[arg(last = true, value_name = "ARGS")]
+    pub extra: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    setup::run().context("setup failed")?;
+
+    let (cargo_args, harness_args) = match args.extra.iter().position(|a| a == "--") {
+        Some(i) => (&args.extra[..i], &args.extra[i + 1..]),
+        None => (&args.extra[..], &[][..]),
+    };
+    let mut failed: Vec<String> = Vec::new();
+    let mut step = |cmd: &mut std::process::Command| {
+        if let Err(err) = run_cmd(cmd) {
+            eprintln!("error: {err:#}");
+            failed.push(display(cmd));
+        }
+    };
+
+    if !args.no_lint {
+        step(cargo().args(["fmt", "--all", "--check"]));
+        // datapath-ebpf only builds for bpfel-unknown-none (agent/build.rs builds it).
+        step(cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "datapath-ebpf",
+            "--",
+            "-D",
+            "warnings",
+        ]));
+    }
+
+    let bin = build::build(false)?;
+
+    step(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "datapath-ebpf"])
+            .args(["--exclude", "tollgate-tests"])
+            .args(cargo_args)
+            .arg("--")
+            .args(harness_args),
+    );
+
+    if args.no_integration {
+        println!("skipping the integration tests (--no-integration)");
+    } else if !is_root() {
+        println!("skipping the integration tests: they need root (run `cargo xtask test` as root)");
+    } else {
+        step(
+            cargo()
+                .env("TOLLGATE_BIN", &bin)
+                .args(["test", "-p", "tollgate-tests", "--tests"])
+                .args(cargo_args)
+                .args(["--", "--test-threads", &args.test_threads.to_string()])
+                .args(harness_args),
+        );
+    }
+
+    if !failed.is_empty() {
+        bail!("{} step(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
