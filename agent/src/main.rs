@@ -1,1 +1,36 @@
-fn main(){}
+//! `tollgate`: the node agent (daemon) and its CLI.
+
+mod api;
+mod cli;
+mod commands;
+mod containers;
+mod daemon;
+mod datapath;
+mod demo;
+mod listeners;
+mod netlink;
+mod netns;
+mod node;
+mod pool;
+mod portmaps;
+mod ports;
+mod reconcile;
+mod reset;
+mod state;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = commands::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,165 @@
+//! Command-line interface (clap derive); the `///` docs are the `--help` text.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "eBPF container datapath: port maps, NAT, filtering and rate limits from BPF maps instead of iptables"
+)]
+pub struct Cli {
+    /// The daemon's unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_SOCKET",
+        default_value = "/run/tollgate/tollgate.sock"
+    )]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the node agent: load the datapath, apply the saved state, serve the CLI.
+    Daemon(DaemonArgs),
+    /// Remove everything a daemon with these flags created (programs, pins, veths, namespaces, state).
+    Reset(ResetArgs),
+    /// Version, attach points, program ids, map fill levels, counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Containers: namespace, veth pair and a /30 of the pool.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Port maps (DNAT), Docker `-p` syntax.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// The NAT/conntrack table.
+    #[command(subcommand)]
+    Conntrack(ConntrackCmd),
+    /// Self-contained sandbox: two HTTP containers, port maps, a client, a live table.
+    Demo(DemoArgs),
+    /// (internal) HTTP echo server used by the demo inside a container namespace.
+    #[command(hide = true)]
+    DemoServe {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Interface that faces the outside world (in the node namespace).
+    #[arg(long)]
+    pub uplink: String,
+    /// Run the whole node inside the named network namespace (/run/netns/NAME).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Address pool; each container gets a /30 of it.
+    #[arg(long, default_value = "10.254.0.0/22")]
+    pub pool: ipnet::Ipv4Net,
+    /// Host ports allocated when a port map gives none.
+    #[arg(long, default_value = "61001-65000")]
+    pub port_range: String,
+    /// Source address for masquerade (default: the uplink's primary IPv4 address).
+    #[arg(long)]
+    pub snat_ip: Option<Ipv4Addr>,
+    /// Allow container-to-container traffic by IP.
+    #[arg(long)]
+    pub icc: bool,
+    /// Where the desired state is persisted.
+    #[arg(long, default_value = "/var/lib/tollgate")]
+    pub state_dir: PathBuf,
+    /// bpffs directory for pinned programs, links and maps.
+    #[arg(long, default_value = "/sys/fs/bpf/tollgate")]
+    pub bpffs: PathBuf,
+    /// Conntrack table size (entries; LRU when full).
+    #[arg(long, default_value_t = datapath_common::maps::CONNTRACK_MAX_DEFAULT)]
+    pub conntrack_max: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ResetArgs {
+    /// The daemon's node namespace, as given to `daemon --netns`.
+    #[arg(long)]
+    pub netns: Option<String>,
+    #[arg(long, default_value = "/var/lib/tollgate")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "/sys/fs/bpf/tollgate")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Create a container network: namespace tg-NAME (or --netns), veth, /30, default route.
+    Add {
+        name: String,
+        /// Use this existing namespace (a path such as /run/netns/foo) instead of creating tg-NAME.
+        #[arg(long)]
+        netns: Option<PathBuf>,
+        /// Ask for this container address (the .2 of a free /30 of the pool).
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a container network with its port maps and conntrack entries.
+    Del { name: String },
+    /// List containers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PortCmd {
+    /// Publish ports: [HOST_IP:][HOST_PORT[-END]]:CONTAINER_PORT[-END][/tcp|/udp]; several specs are applied as one batch. Prints the host port(s).
+    Add {
+        name: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unpublish ports: [HOST_IP:]HOST_PORT[-END][/tcp|/udp].
+    Del {
+        name: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// List port maps (of one container, or all).
+    List {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConntrackCmd {
+    /// List NAT/conntrack entries.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove conntrack entries (all, or one container's).
+    Flush { name: Option<String> },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Requests the client makes per container.
+    #[arg(long, default_value_t = 20)]
+    pub requests: u32,
+}

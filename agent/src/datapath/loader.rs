@@ -1,0 +1,188 @@
+//! Loads the embedded object once and pins everything under `--bpffs`:
+//! `maps/<MAP>`, `progs/<prog>`, `links/<prog>[@<ifname>]`.
+//!
+//! A restarted daemon reuses the pinned maps (aya's `map_pin_path` opens an existing pin
+//! instead of creating a map) and the pinned programs, so neither conntrack nor the attached
+//! datapath is disturbed. When the embedded object differs from the one that was pinned (an
+//! upgrade), the new programs replace the old ones inside the existing links atomically
+//! (BPF_LINK_UPDATE): traffic never sees a moment without a program.
+
+use std::{
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    programs::{CgroupSockAddr, SchedClassifier},
+    EbpfLoader,
+};
+use datapath_common::maps as names;
+use tracing::{debug, info};
+
+use super::{maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, SOCK_PROGS};
+
+pub struct Loaded {
+    pub maps: Maps,
+    pub tc: BTreeMap<&'static str, SchedClassifier>,
+    pub sock: BTreeMap<&'static str, CgroupSockAddr>,
+}
+
+pub struct Pins {
+    pub root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.root.join("progs").join(name)
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    pub fn link(&self, prog: &str, ifname: Option<&str>) -> PathBuf {
+        match ifname {
+            Some(i) => self.links_dir().join(format!("{prog}@{i}")),
+            None => self.links_dir().join(prog),
+        }
+    }
+    /// Pin of the object fingerprint: an empty-valued marker map would need a map; a
+    /// directory name is enough and is removed with the rest on reset.
+    fn stamp_dir(&self) -> PathBuf {
+        self.root.join("object")
+    }
+}
+
+fn object_id() -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    OBJECT.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and nothing is mounted.
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let has_bpf = |p: &str| {
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[2] == "bpf" && f[1] == p
+        })
+    };
+    if root.starts_with("/sys/fs/bpf") && !has_bpf("/sys/fs/bpf") {
+        nix::mount::mount(
+            Some("bpf"),
+            "/sys/fs/bpf",
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs on /sys/fs/bpf")?;
+        info!("mounted bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+/// Loads (or reopens) the datapath. `ct_max` sizes the conntrack map when it is created.
+pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
+    ensure_bpffs(&pins.root)?;
+    for d in ["maps", "progs", "links"] {
+        std::fs::create_dir_all(pins.root.join(d))
+            .with_context(|| format!("creating {}/{d} (is it on a bpffs?)", pins.root.display()))?;
+    }
+    let mut loader = EbpfLoader::new();
+    let map_paths: Vec<(&str, PathBuf)> = names::ALL
+        .iter()
+        .chain(std::iter::once(&"AYA_LOGS"))
+        .map(|n| (*n, pins.map(n)))
+        .collect();
+    for (n, p) in &map_paths {
+        loader.map_pin_path(n, p.as_path());
+    }
+    loader.map_max_entries(names::CONNTRACK, ct_max);
+    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+
+    let id = object_id();
+    let stamp = pins.stamp_dir().join(&id);
+    let upgrade = !stamp.exists();
+
+    let mut tc = BTreeMap::new();
+    for name in [PROG_FROM_UPLINK, PROG_FROM_CONTAINER] {
+        let pin = pins.prog(name);
+        if upgrade || !pin.exists() {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+            replace_pin(&pin, |path| p.pin(path).map_err(Into::into))?;
+        }
+        tc.insert(
+            name,
+            SchedClassifier::from_pin(&pin)
+                .with_context(|| format!("opening {}", pin.display()))?,
+        );
+    }
+    let mut sock = BTreeMap::new();
+    for (name, at) in SOCK_PROGS {
+        let pin = pins.prog(name);
+        if upgrade || !pin.exists() {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+            replace_pin(&pin, |path| p.pin(path).map_err(Into::into))?;
+        }
+        sock.insert(
+            *name,
+            CgroupSockAddr::from_pin(&pin, *at)
+                .with_context(|| format!("opening {}", pin.display()))?,
+        );
+    }
+    if upgrade {
+        // Existing links (from an older object) now run the new programs.
+        super::attach::update_links(pins, &tc, &sock)?;
+        let _ = std::fs::remove_dir_all(pins.stamp_dir());
+        std::fs::create_dir_all(&stamp).context("recording the object id in bpffs")?;
+        info!(object = %id, "datapath programs loaded and pinned");
+    } else {
+        debug!(object = %id, "reusing pinned datapath programs");
+    }
+    let maps = Maps::take(&mut ebpf)?;
+    // The object's own (unpinned) program handles go; the pinned ones stay loaded.
+    drop(ebpf);
+    Ok(Loaded { maps, tc, sock })
+}
+
+/// Pins via `pin_fn` at `path`, replacing an existing pin atomically enough for our needs
+/// (pin under a temporary name, then rename over the old one).
+fn replace_pin(path: &Path, pin_fn: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    pin_fn(&tmp).with_context(|| format!("pinning {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("pinning {}", path.display()))
+}
+
+/// Removes every pin under `root` (links first, so programs detach), then the directory.
+pub fn unpin_all(root: &Path) -> Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    for sub in ["links", "progs", "maps", "object"] {
+        let dir = root.join(sub);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    std::fs::remove_dir(root).with_context(|| format!("removing {}", root.display()))
+}

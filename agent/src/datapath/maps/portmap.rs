@@ -1,0 +1,127 @@
+//! `TG_PORTMAP` (published port -> container) and `TG_PORT_GUARD` (ports the bind4 hook
+//! refuses to node processes).
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::maps::{HashMap, Map, MapData, MapError};
+use datapath_common::portmap::{PortKey, PortValue};
+
+use super::{ctx, ip_from_net, ip_to_net, port_from_net, port_to_net};
+
+/// Where a published port leads, in host terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+    pub host_ifindex: u32,
+    pub endpoint_id: u32,
+}
+
+/// A map key in host terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Published {
+    pub host_ip: Option<Ipv4Addr>,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl Published {
+    fn key(&self) -> PortKey {
+        PortKey {
+            host_ip: self.host_ip.map(ip_to_net).unwrap_or(0),
+            port: port_to_net(self.port),
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+    fn from_key(k: &PortKey) -> Self {
+        Self {
+            host_ip: (k.host_ip != 0).then(|| ip_from_net(k.host_ip)),
+            port: port_from_net(k.port),
+            proto: k.proto,
+        }
+    }
+}
+
+pub struct PortMapTable {
+    map: HashMap<MapData, PortKey, PortValue>,
+    guard: HashMap<MapData, PortKey, u32>,
+}
+
+impl PortMapTable {
+    pub fn new(map: Map, guard: Map) -> Result<Self> {
+        Ok(Self {
+            map: ctx(HashMap::try_from(map), || "opening TG_PORTMAP".into())?,
+            guard: ctx(HashMap::try_from(guard), || "opening TG_PORT_GUARD".into())?,
+        })
+    }
+
+    pub fn insert(&mut self, p: Published, t: Target) -> Result<()> {
+        let v = PortValue {
+            container_ip: ip_to_net(t.container_ip),
+            container_port: port_to_net(t.container_port),
+            _pad: 0,
+            host_ifindex: t.host_ifindex,
+            endpoint_id: t.endpoint_id,
+        };
+        ctx(self.map.insert(p.key(), v, 0), || {
+            format!("writing port map {}/{}", p.port, p.proto)
+        })?;
+        let g = Published { host_ip: None, ..p }.key();
+        ctx(self.guard.insert(g, 1, 0), || {
+            format!("writing port guard {}", p.port)
+        })
+    }
+
+    pub fn remove(&mut self, p: Published) -> Result<()> {
+        match self.map.remove(&p.key()) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Drops the bind guard of (port, proto); call when no map of it remains.
+    pub fn remove_guard(&mut self, port: u16, proto: u8) -> Result<()> {
+        let g = Published {
+            host_ip: None,
+            port,
+            proto,
+        }
+        .key();
+        match self.guard.remove(&g) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn keys(&self) -> Result<Vec<Published>> {
+        let mut out = Vec::new();
+        for k in self.map.keys() {
+            out.push(Published::from_key(&k?));
+        }
+        Ok(out)
+    }
+
+    pub fn guard_keys(&self) -> Result<Vec<(u16, u8)>> {
+        let mut out = Vec::new();
+        for k in self.guard.keys() {
+            let p = Published::from_key(&k?);
+            out.push((p.port, p.proto));
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, p: Published) -> Result<Option<Target>> {
+        match self.map.get(&p.key(), 0) {
+            Ok(v) => Ok(Some(Target {
+                container_ip: ip_from_net(v.container_ip),
+                container_port: port_from_net(v.container_port),
+                host_ifindex: v.host_ifindex,
+                endpoint_id: v.endpoint_id,
+            })),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Links: lookup by name, veth pairs with the peer created directly in the container's
+//! namespace, up/down, delete.
+
+use std::os::fd::AsRawFd;
+
+use anyhow::{anyhow, Context, Result};
+use futures::TryStreamExt;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::Handle;
+
+/// ifindex of the link called `name`, or None.
+pub async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(msg.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+    }
+}
+
+/// Like `index_of` but the link must exist.
+pub async fn require_index(handle: &Handle, name: &str) -> Result<u32> {
+    index_of(handle, name)
+        .await?
+        .ok_or_else(|| anyhow!("no interface named {name} in the node namespace"))
+}
+
+/// Creates a veth pair: `host_name` here, `peer_name` inside the namespace `peer_netns`.
+/// Creating the peer directly in its namespace avoids a name clash with this namespace's
+/// own interfaces (the node may well have an `eth0` of its own).
+pub async fn add_veth(
+    handle: &Handle,
+    host_name: &str,
+    peer_name: &str,
+    peer_netns: &std::fs::File,
+) -> Result<()> {
+    let mut peer = LinkMessage::default();
+    peer.attributes
+        .push(LinkAttribute::IfName(peer_name.to_string()));
+    peer.attributes
+        .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+    let mut req = handle.link().add();
+    let msg = req.message_mut();
+    msg.attributes
+        .push(LinkAttribute::IfName(host_name.to_string()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    req.execute()
+        .await
+        .with_context(|| format!("creating veth pair {host_name}/{peer_name}"))
+}
+
+pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {
+    handle
+        .link()
+        .set(index)
+        .up()
+        .execute()
+        .await
+        .with_context(|| format!("setting link {index} up"))
+}
+
+/// Deletes a link; a link that is already gone is not an error.
+pub async fn delete(handle: &Handle, name: &str) -> Result<()> {
+    let Some(index) = index_of(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting link {name}")),
+    }
+}

@@ -1,0 +1,291 @@
+//! `port add/del/list`: Docker `-p` specs turned into `TG_PORTMAP` entries.
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use tracing::info;
+
+use crate::{
+    datapath::maps::portmap::{Published, Target},
+    listeners,
+    node::Node,
+    ports::{AddSpec, DelSpec, Proto},
+    state::{Container, PortMapping},
+};
+
+fn published(m: &PortMapping) -> Published {
+    Published {
+        host_ip: m.host_ip,
+        port: m.host_port,
+        proto: m.proto.number(),
+    }
+}
+
+fn target(c: &Container, m: &PortMapping) -> Target {
+    Target {
+        container_ip: c.ip,
+        container_port: m.container_port,
+        host_ifindex: c.host_ifindex,
+        endpoint_id: c.id,
+    }
+}
+
+fn describe(m: &PortMapping) -> String {
+    match m.host_ip {
+        Some(ip) => format!("{ip}:{}/{}", m.host_port, m.proto),
+        None => format!("{}/{}", m.host_port, m.proto),
+    }
+}
+
+pub fn mapping_json(container: &str, m: &PortMapping) -> Value {
+    json!({
+        "container": container,
+        "host_ip": m.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()),
+        "host_port": m.host_port,
+        "container_port": m.container_port,
+        "proto": m.proto,
+    })
+}
+
+/// Two maps collide when they share port and protocol and their host IPs overlap (a
+/// wildcard overlaps every address).
+fn overlaps(a: &PortMapping, b: &PortMapping) -> bool {
+    a.proto == b.proto
+        && a.host_port == b.host_port
+        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
+impl Node {
+    /// Expands and validates specs into new mappings; nothing is applied.
+    fn plan(&self, container: &str, specs: &[String]) -> Result<Vec<PortMapping>> {
+        let parsed: Vec<AddSpec> = specs.iter().map(|s| s.parse()).collect::<Result<_>>()?;
+        let existing: Vec<(&str, &PortMapping)> = self.state.all_ports().collect();
+        let mut out: Vec<PortMapping> = Vec::new();
+        let mut listening = std::collections::HashMap::new();
+        for proto in [Proto::Tcp, Proto::Udp] {
+            listening.insert(proto, listeners::current(proto)?);
+        }
+        let held = |ip, port, proto: Proto| {
+            listening[&proto]
+                .iter()
+                .any(|l| listeners::conflicts(l, ip, port))
+        };
+        for spec in parsed {
+            let used: HashSet<u16> = existing
+                .iter()
+                .map(|(_, m)| *m)
+                .chain(out.iter())
+                .filter(|m| m.proto == spec.proto)
+                .map(|m| m.host_port)
+                .collect();
+            let mut fresh = used.clone();
+            for (i, cport) in spec.container_ports.clone().enumerate() {
+                let host_port = match &spec.host_ports {
+                    Some(r) => r.start() + i as u16,
+                    None => {
+                        let p =
+                            crate::pool::allocate_port(&self.settings.port_range, &fresh, |p| {
+                                !held(spec.host_ip, p, spec.proto)
+                            })?;
+                        fresh.insert(p);
+                        p
+                    }
+                };
+                let m = PortMapping {
+                    host_ip: spec.host_ip,
+                    host_port,
+                    container_port: cport,
+                    proto: spec.proto,
+                };
+                if let Some((owner, _)) = existing.iter().find(|(_, e)| overlaps(e, &m)) {
+                    bail!("host port {} is already mapped (to container {owner}); delete that map first or pick another port", describe(&m));
+                }
+                if out.iter().any(|e| overlaps(e, &m)) {
+                    bail!("host port {} appears twice in this request", describe(&m));
+                }
+                if held(m.host_ip, m.host_port, m.proto) {
+                    bail!("host port {} is already in use by a process on the node; stop it or pick another port", describe(&m));
+                }
+                out.push(m);
+            }
+        }
+        let _ = container;
+        Ok(out)
+    }
+
+    pub fn port_add(&mut self, container: &str, specs: &[String]) -> Result<Value> {
+        let c = self.container(container)?.clone();
+        if specs.is_empty() {
+            bail!("no port spec given (e.g. `tollgate port add {container} 8080:80`)");
+        }
+        let new = self.plan(container, specs)?;
+        let mut done: Vec<PortMapping> = Vec::new();
+        let applied = (|| -> Result<()> {
+            for m in &new {
+                self.dp.maps.portmap.insert(published(m), target(&c, m))?;
+                done.push(*m);
+            }
+            let mut next = self.state.clone();
+            next.ports
+                .entry(container.to_string())
+                .or_default()
+                .extend(new.iter().copied());
+            self.commit(next)
+        })();
+        if let Err(e) = applied {
+            // Undo exactly what this call wrote; guards are recomputed from the state.
+            for m in &done {
+                let _ = self.dp.maps.portmap.remove(published(m));
+            }
+            let _ = self.sync_guards();
+            return Err(e);
+        }
+        info!(container, count = new.len(), "port maps added");
+        Ok(Value::Array(
+            new.iter().map(|m| mapping_json(container, m)).collect(),
+        ))
+    }
+
+    pub fn port_del(&mut self, container: &str, specs: &[String]) -> Result<Value> {
+        self.container(container)?;
+        if specs.is_empty() {
+            bail!("no port given (e.g. `tollgate port del {container} 8080`)");
+        }
+        let parsed: Vec<DelSpec> = specs.iter().map(|s| s.parse()).collect::<Result<_>>()?;
+        let mine = self.state.ports.get(container).cloned().unwrap_or_default();
+        let mut gone = Vec::new();
+        for d in &parsed {
+            for port in d.host_ports.clone() {
+                let found = mine
+                    .iter()
+                    .find(|m| m.host_port == port && m.proto == d.proto && m.host_ip == d.host_ip)
+                    .ok_or_else(|| {
+                        let ip = d.host_ip.map(|i| format!("{i}:")).unwrap_or_default();
+                        anyhow::anyhow!("container {container} has no port map {ip}{port}/{} (see `tollgate port list {container}`)", d.proto)
+                    })?;
+                gone.push(*found);
+            }
+        }
+        let mut next = self.state.clone();
+        next.ports
+            .entry(container.to_string())
+            .or_default()
+            .retain(|m| !gone.contains(m));
+        self.commit(next)?;
+        self.unpublish(&gone)?;
+        Ok(Value::Array(
+            gone.iter().map(|m| mapping_json(container, m)).collect(),
+        ))
+    }
+
+    /// Removes map entries, recomputes bind guards and drops the conntrack entries of the
+    /// given mappings, so the next UDP datagram follows whatever mapping exists now.
+    pub fn unpublish(&mut self, gone: &[PortMapping]) -> Result<()> {
+        for m in gone {
+            self.dp.maps.portmap.remove(published(m))?;
+        }
+        // Guards are derived from the state that is left: callers commit it first.
+        self.sync_guards()?;
+        use datapath_common::conntrack::{CT_DNAT, CT_REPLY, CT_SNAT};
+        let gone = gone.to_vec();
+        self.dp.maps.conntrack.remove_where(|v| {
+            gone.iter().any(|m| {
+                let proto_ok = v.proto == m.proto.number();
+                let ip_ok = |ip| m.host_ip.is_none() || m.host_ip == Some(ip);
+                let orig = v.flags & CT_DNAT != 0
+                    && v.flags & CT_REPLY == 0
+                    && v.dst.1 == m.host_port
+                    && ip_ok(v.dst.0);
+                let reply = v.flags & CT_REPLY != 0
+                    && v.flags & CT_SNAT != 0
+                    && v.nat_src
+                        .is_some_and(|(ip, p)| p == m.host_port && ip_ok(ip));
+                proto_ok && (orig || reply)
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Makes `TG_PORT_GUARD` hold exactly the (port, proto) pairs the state publishes.
+    pub fn sync_guards(&mut self) -> Result<()> {
+        let want: HashSet<(u16, u8)> = self
+            .state
+            .all_ports()
+            .map(|(_, m)| (m.host_port, m.proto.number()))
+            .collect();
+        let have: HashSet<(u16, u8)> = self.dp.maps.portmap.guard_keys()?.into_iter().collect();
+        for (port, proto) in have.difference(&want) {
+            self.dp.maps.portmap.remove_guard(*port, *proto)?;
+        }
+        Ok(())
+    }
+
+    pub fn port_list(&self, container: Option<&str>) -> Result<Value> {
+        if let Some(c) = container {
+            self.container(c)?;
+        }
+        Ok(Value::Array(
+            self.state
+                .all_ports()
+                .filter(|(c, _)| container.is_none_or(|w| w == *c))
+                .map(|(c, m)| mapping_json(c, m))
+                .collect(),
+        ))
+    }
+
+    /// Writes every mapping of the state into the datapath and removes entries the state does
+    /// not have (after a crash between map write and state save).
+    pub fn sync_portmaps(&mut self) -> Result<()> {
+        let mut want = HashSet::new();
+        let entries: Vec<(Container, PortMapping)> = self
+            .state
+            .all_ports()
+            .filter_map(|(c, m)| self.state.containers.get(c).map(|c| (c.clone(), *m)))
+            .collect();
+        for (c, m) in &entries {
+            let p = published(m);
+            if self.dp.maps.portmap.get(p)? != Some(target(c, m)) {
+                self.dp.maps.portmap.insert(p, target(c, m))?;
+            }
+            want.insert(p);
+        }
+        for k in self.dp.maps.portmap.keys()? {
+            if !want.contains(&k) {
+                self.dp.maps.portmap.remove(k)?;
+            }
+        }
+        self.sync_guards()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn m(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> PortMapping {
+        PortMapping {
+            host_ip: ip,
+            host_port: port,
+            container_port: 80,
+            proto,
+        }
+    }
+
+    #[test]
+    fn overlap_rules() {
+        let a = Some(Ipv4Addr::new(10, 0, 0, 1));
+        let b = Some(Ipv4Addr::new(10, 0, 0, 2));
+        assert!(overlaps(&m(None, 80, Proto::Tcp), &m(a, 80, Proto::Tcp)));
+        assert!(!overlaps(&m(a, 80, Proto::Tcp), &m(b, 80, Proto::Tcp)));
+        assert!(!overlaps(
+            &m(None, 80, Proto::Tcp),
+            &m(None, 80, Proto::Udp)
+        ));
+        assert!(!overlaps(
+            &m(None, 80, Proto::Tcp),
+            &m(None, 81, Proto::Tcp)
+        ));
+    }
+}

@@ -1,0 +1,72 @@
+//! `tollgate reset`: removes everything a daemon with the same flags created (its namespaces
+//! and veths, the pinned programs, links and maps, the state). Works without a daemon; a
+//! running one is asked to stop first. Errors are collected and reported together.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::{
+    api,
+    datapath::loader,
+    netlink::{self, link},
+    netns, state,
+};
+
+pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Path) -> Result<()> {
+    // A running daemon would re-pin things behind our back.
+    if api::call(socket, &api::Request::Shutdown).is_ok() {
+        for _ in 0..50 {
+            if !socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let st = state::load_file(&state_dir.join("state.json"))?;
+    let mut errors: Vec<String> = Vec::new();
+    let node_ns = netns_name.map(netns::named_path);
+    let ifnames: Vec<String> = st
+        .containers
+        .values()
+        .map(|c| c.host_ifname.clone())
+        .collect();
+    let del_links = move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let h = netlink::connect()?;
+            for n in ifnames {
+                link::delete(&h, &n).await?;
+            }
+            Ok(())
+        })
+    };
+    let r = match &node_ns {
+        Some(p) if p.exists() => netns::run_in(p, del_links),
+        Some(_) => Ok(()), // the node namespace itself is gone, and its veths with it
+        None => del_links(),
+    };
+    if let Err(e) = r {
+        errors.push(format!("{e:#}"));
+    }
+    for c in st.containers.values().filter(|c| c.netns_created) {
+        if let Err(e) = netns::delete_named(&c.netns) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if let Err(e) = loader::unpin_all(bpffs) {
+        errors.push(format!("{e:#}"));
+    }
+    if state_dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(state_dir) {
+            errors.push(format!("removing {}: {e}", state_dir.display()));
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    if !errors.is_empty() {
+        bail!("reset incomplete: {}", errors.join("; "));
+    }
+    Ok(())
+}
