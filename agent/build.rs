@@ -36,7 +36,13 @@ fn main() {
             "--target",
             "bpfel-unknown-none",
         ])
-        .args(["-Z", "build-std=core", "--bin", "datapath"])
+        .args([
+            "-Z",
+            "build-std=core",
+            "--bin",
+            "datapath",
+            "--ignore-rust-version",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer cargo's settings are for the host build; the nested one must not inherit them.
