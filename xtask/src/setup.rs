@@ -24,6 +24,7 @@ use crate::{is_root, output_of, run_cmd};
 /// Debian packages used by the integration tests, the demo and debugging.
 const PACKAGES: &[&str] = &[
     "iproute2",
+    "iputils-ping",
     "iptables",
     "iperf3",
     "bpftool",
