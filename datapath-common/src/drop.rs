@@ -19,6 +19,16 @@ impl DropReason {
         DropReason::Internal,
     ];
 
+    /// The `TG_COUNTERS` index that counts this reason.
+    pub const fn counter(self) -> u32 {
+        match self {
+            // Malformed packets are passed, not dropped; they share the pass counter.
+            DropReason::Malformed => crate::stats::CNT_PASS_MALFORMED,
+            DropReason::NoMapping => crate::stats::CNT_DROP_NO_MAPPING,
+            DropReason::Internal => crate::stats::CNT_CSUM_ERROR,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",
