@@ -85,7 +85,9 @@ pub fn attach_sock(pins: &Pins, progs: &mut BTreeMap<&'static str, CgroupSockAdd
             continue;
         }
         let id = prog
-            .attach(cg.as_fd(), CgroupAttachMode::AllowMultiple)
+            // bpf_link attachments to a cgroup are always multi-attach; the kernel rejects
+            // any attach flag on BPF_LINK_CREATE, so "Single" (0) is the right value here.
+            .attach(cg.as_fd(), CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to cgroup {}", root.display()))?;
         let link: FdLink = prog
             .take_link(id)?
