@@ -11,6 +11,7 @@ use crate::verdict::Skip;
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 /// Offsets of the IPv4 fields we rewrite, from the start of the frame.
+pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
@@ -62,6 +63,7 @@ struct UdpHdr {
 pub struct Packet {
     pub l4_off: usize,
     pub proto: u8,
+    pub ttl: u8,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
     pub saddr: u32,
@@ -112,6 +114,7 @@ impl Packet {
         Ok(Self {
             l4_off,
             proto: ip.protocol,
+            ttl: ip.ttl,
             tcp_flags,
             saddr: ip.saddr,
             daddr: ip.daddr,

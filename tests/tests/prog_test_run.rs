@@ -1,5 +1,5 @@
-//! Packet edge cases of the TC programs, fed through `BPF_PROG_TEST_RUN` (no namespaces or
-//! interfaces needed). Needs root (CAP_BPF + CAP_NET_ADMIN) and the eBPF object built at
+//! Packet edge cases of the TC programs, fed through `BPF_PROG_TEST_RUN`: no traffic, no
+//! attached programs. Needs root (CAP_BPF + CAP_NET_ADMIN) and the eBPF object built at
 //! `target/ebpf/bpfel-unknown-none/release/datapath` (by `cargo build -p tollgate` or the
 //! command in `agent/build.rs`); skips with a printed reason otherwise.
 //!
@@ -11,7 +11,9 @@
 //! ```
 //! Each case is `{description, program, input frame, expected retval, expected output frame}`;
 //! cases run in order against one set of maps, so later ones see the conntrack entries earlier
-//! ones created (replies, hairpin). Maps are not pinned: nothing is left in bpffs.
+//! ones created (replies, hairpin). Replies are forwarded by a FIB lookup, so the table runs in
+//! a private network namespace of the test thread (`enter_test_netns`) with known routes. Maps
+//! are not pinned: nothing is left in bpffs, and the namespace dies with the thread.
 
 use std::path::PathBuf;
 
@@ -43,6 +45,8 @@ const C1: [u8; 4] = [10, 254, 0, 2];
 const GW1: [u8; 4] = [10, 254, 0, 1];
 const C2: [u8; 4] = [10, 254, 0, 6];
 const GW2: [u8; 4] = [10, 254, 0, 5];
+/// A client the test namespace has no route to.
+const UNROUTED: [u8; 4] = [203, 0, 113, 9];
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 
@@ -88,6 +92,7 @@ struct Frame {
     ihl: Option<u8>,
     /// Cuts the frame to this many bytes (for truncated headers).
     truncate: Option<usize>,
+    ttl: u8,
 }
 
 impl Frame {
@@ -105,6 +110,7 @@ impl Frame {
             frag_off: 0x4000, // DF
             ihl: None,
             truncate: None,
+            ttl: 64,
         }
     }
 
@@ -127,6 +133,12 @@ impl Frame {
     fn with_dst(mut self, ip: [u8; 4], port: u16) -> Self {
         self.dst = ip;
         self.dport = port;
+        self
+    }
+
+    /// The same frame one router hop later.
+    fn forwarded(mut self) -> Self {
+        self.ttl -= 1;
         self
     }
 
@@ -198,7 +210,7 @@ impl Frame {
         ip.extend_from_slice(&((hdr_len + l4.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&0x1234u16.to_be_bytes()); // id
         ip.extend_from_slice(&self.frag_off.to_be_bytes());
-        ip.push(64);
+        ip.push(self.ttl);
         ip.push(proto);
         ip.extend_from_slice(&[0, 0]);
         ip.extend_from_slice(&self.src);
@@ -296,6 +308,14 @@ fn rewritten(output: Frame) -> Expect {
     }
 }
 
+/// Rewritten, then sent to the FIB's egress by redirect, one hop later.
+fn forwarded(output: Frame) -> Expect {
+    Expect::Rewritten {
+        retval: TC_ACT_REDIRECT,
+        output: output.forwarded(),
+    }
+}
+
 fn cases() -> Vec<Case> {
     use Expect::Untouched;
     let syn = Frame::tcp(CLIENT, 40000, HOST, 8080, TCP_SYN);
@@ -354,6 +374,12 @@ fn cases() -> Vec<Case> {
             "from_uplink",
             specific.build(),
             rewritten(specific.clone().with_dst(C2, 90)),
+        ),
+        case(
+            "TCP SYN from a client the node has no route back to is DNATed all the same",
+            "from_uplink",
+            Frame::tcp(UNROUTED, 40009, HOST, 8080, TCP_SYN).build(),
+            rewritten(Frame::tcp(UNROUTED, 40009, C1, 80, TCP_SYN)),
         ),
         case(
             "unmapped port passes untouched",
@@ -448,17 +474,38 @@ fn cases() -> Vec<Case> {
             Untouched,
         ),
         // ---- from_container: paths 2 and 3 ----
+        // Replies leave by FIB lookup + bpf_redirect_neigh, TTL decremented: with the published
+        // address as source the stack would drop them as martians.
         case(
-            "the container's reply gets its source rewritten back to the published address",
+            "the container's reply: source back to the published address, forwarded by redirect",
             "from_container",
             Frame::tcp(C1, 80, CLIENT, 40000, TCP_SYN | TCP_ACK).build(),
-            rewritten(Frame::tcp(HOST, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK)),
+            forwarded(Frame::tcp(HOST, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK)),
         ),
         case(
-            "a UDP reply gets its source rewritten back",
+            "a UDP reply: source back, forwarded by redirect",
             "from_container",
             Frame::udp(C1, 53, CLIENT, 40001).build(),
-            rewritten(Frame::udp(HOST, 5353, CLIENT, 40001)),
+            forwarded(Frame::udp(HOST, 5353, CLIENT, 40001)),
+        ),
+        case(
+            "a reply the FIB has no route for: source back, left to the stack (TC_ACT_OK)",
+            "from_container",
+            Frame::tcp(C1, 80, UNROUTED, 40009, TCP_SYN | TCP_ACK).build(),
+            rewritten(Frame::tcp(HOST, 8080, UNROUTED, 40009, TCP_SYN | TCP_ACK)),
+        ),
+        case(
+            "a reply with TTL 1: source back, not redirected (left to the stack)",
+            "from_container",
+            Frame {
+                ttl: 1,
+                ..Frame::tcp(C1, 80, CLIENT, 40000, TCP_ACK)
+            }
+            .build(),
+            rewritten(Frame {
+                ttl: 1,
+                ..Frame::tcp(HOST, 8080, CLIENT, 40000, TCP_ACK)
+            }),
         ),
         case(
             "hairpin: another container's SYN to a published port is DNATed, source kept",
@@ -470,7 +517,7 @@ fn cases() -> Vec<Case> {
             "hairpin reply: source back to the published address",
             "from_container",
             Frame::tcp(C1, 80, C2, 42000, TCP_SYN | TCP_ACK).build(),
-            rewritten(Frame::tcp(HOST, 8080, C2, 42000, TCP_SYN | TCP_ACK)),
+            forwarded(Frame::tcp(HOST, 8080, C2, 42000, TCP_SYN | TCP_ACK)),
         ),
         case(
             "hairpin: a TCP packet without SYN opens no flow and passes untouched",
@@ -532,6 +579,38 @@ fn object() -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// Moves this test's thread (only) into a new network namespace, the one BPF_PROG_TEST_RUN
+/// then runs in, so the datapath's FIB lookups see a known table: a veth with routes to the
+/// client and container subnets, forwarding on, nothing to `UNROUTED`. The namespace goes away
+/// with the thread.
+fn enter_test_netns() -> anyhow::Result<()> {
+    // SAFETY: unshare affects only the calling thread, which nothing else shares.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    // Children inherit the calling thread's namespace.
+    for args in [
+        "link add tgt0 type veth peer name tgt1",
+        "addr add 198.51.100.1/24 dev tgt0",
+        "addr add 10.254.0.5/30 dev tgt0",
+        "link set lo up",
+        "link set tgt1 up",
+        "link set tgt0 up",
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(args.split(' '))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // /proc/sys/net resolves to the opening thread's namespace.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    Ok(())
 }
 
 fn be32(ip: [u8; 4]) -> u32 {
@@ -653,6 +732,7 @@ fn conntrack_size_is_set_at_load() -> anyhow::Result<()> {
 #[test]
 fn packet_table() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
+    enter_test_netns()?;
     let mut bpf = Ebpf::load(&obj)?;
     fill_maps(&mut bpf)?;
     load_classifier(&mut bpf, "from_uplink")?;
@@ -734,7 +814,10 @@ fn check_conntrack(bpf: &Ebpf) -> anyhow::Result<()> {
     let reply = ct.get(&key(C1, 80, CLIENT, 40000), 0)?;
     assert_eq!(reply.flags, CT_SNAT | CT_REPLY, "uplink reply flags");
     assert_eq!((reply.nat_saddr, reply.nat_sport), (be32(HOST), be16(8080)));
-    assert_eq!(reply.packets, 1);
+    assert_eq!(
+        reply.packets, 2,
+        "SYN-ACK and the TTL-1 ACK counted on the reply half"
+    );
 
     let hp = ct.get(&key(C1, 41000, HOST, 8080), 0)?;
     assert_eq!(
@@ -762,8 +845,8 @@ fn check_counters(bpf: &Ebpf) -> anyhow::Result<()> {
         PerCpuArray::try_from(bpf.map(maps::COUNTERS).unwrap())?;
     let total = |idx: u32| -> anyhow::Result<u64> { Ok(counters.get(&idx, 0)?.iter().sum()) };
     for (idx, name, want) in [
-        (CNT_DNAT_UPLINK, "dnat_uplink", 7),
-        (CNT_REVNAT, "revnat", 4),
+        (CNT_DNAT_UPLINK, "dnat_uplink", 8),
+        (CNT_REVNAT, "revnat", 6),
         (CNT_DNAT_HAIRPIN, "dnat_hairpin", 2),
         (CNT_PASS_MALFORMED, "pass_malformed", 3),
         (CNT_PASS_FRAGMENT, "pass_fragment", 1),

@@ -1,10 +1,12 @@
 //! `from_container`: TC (TCX) ingress of each container's host-side veth.
 //!
 //! ```text
-//! container A --> [tgA] from_container --+-- reply of a port-mapped flow: source back to hostip:P --> node stack
+//! container A --> [tgA] from_container --+-- reply of a port-mapped flow: source back to hostip:P --> FIB redirect (uplink, or [tgB] for hairpin)
 //!                                        +-- hairpin to hostip:P of B:   DNAT to B               --> node stack --> [tgB]
 //!                                        +-- hairpin to its own port:    DNAT + SNAT to gateway  --> redirect out [tgA]
 //! ```
+//! Replies are not handed to the node stack: with a node address as source they would fail its
+//! martian check (see `redirect`).
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -52,6 +54,10 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, Stop> {
     verdict::count(counter);
     if entry.redirect_ifindex != 0 {
         return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
+    }
+    if entry.flags & CT_REPLY != 0 {
+        // Its source is now `hostip:P`, a node address: the stack would drop it as a martian.
+        return Ok(redirect::forward(ctx, &pkt)?);
     }
     Ok(TC_ACT_OK)
 }
