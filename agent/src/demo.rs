@@ -193,10 +193,7 @@ fn print_table(
 ) -> Result<()> {
     let st = api::call(&sb.socket, &Request::Status)?;
     let ct = api::call(&sb.socket, &Request::ConntrackList)?;
-    println!(
-        "{:<6} {:<22} {:>8}  {}",
-        "NAME", "PUBLISHED", "OK", "LAST ANSWER"
-    );
+    println!("{:<6} {:<22} {:>8}  LAST ANSWER", "NAME", "PUBLISHED", "OK");
     for (i, (name, port)) in published.iter().enumerate() {
         println!(
             "{:<6} {:<22} {:>8}  {}",
@@ -278,8 +275,13 @@ pub fn serve(netns_path: &Path, port: u16, name: &str) -> Result<()> {
         let Ok(mut c) = conn else { continue };
         let peer = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
         let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        // Read the whole request head: closing with unread data would send a RST instead of
+        // our answer.
+        let mut r = BufReader::new(&c);
         let mut line = String::new();
-        let _ = BufReader::new(&c).read_line(&mut line);
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            line.clear();
+        }
         let body = format!("hello from {name}, you are {peer}\n");
         let _ = write!(
             c,

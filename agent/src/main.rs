@@ -25,7 +25,8 @@ fn main() {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error")),
+            EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

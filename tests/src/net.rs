@@ -19,7 +19,10 @@ use anyhow::{bail, Context, Result};
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `f` on a new thread inside the named namespace and returns its result.
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         enter(&path)?;
@@ -92,7 +95,13 @@ pub fn tcp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
                                         break;
                                     }
                                 }
-                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) =>
+                                {
                                     if s3.load(Ordering::SeqCst) {
                                         break;
                                     }
@@ -107,7 +116,10 @@ pub fn tcp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
         }
     });
     rx.recv().context("server thread died")??;
-    Ok(Server { stop, handle: Some(handle) })
+    Ok(Server {
+        stop,
+        handle: Some(handle),
+    })
 }
 
 /// UDP server in `ns` on `port`: answers each datagram with `<tag> peer=<ip>:<port> <data>`.
@@ -139,7 +151,10 @@ pub fn udp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
         }
     });
     rx.recv().context("server thread died")??;
-    Ok(Server { stop, handle: Some(handle) })
+    Ok(Server {
+        stop,
+        handle: Some(handle),
+    })
 }
 
 /// Connects from `ns` to `ip:port`, sends `msg`, half-closes, and returns everything the
@@ -148,12 +163,14 @@ pub fn tcp_request(ns: &str, ip: Ipv4Addr, port: u16, msg: &str) -> Result<Strin
     let msg = msg.to_string();
     in_ns(ns, move || {
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
-        let mut c = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connect {addr}"))?;
+        let mut c = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .with_context(|| format!("connect {addr}"))?;
         c.set_read_timeout(Some(IO_TIMEOUT))?;
         c.write_all(msg.as_bytes())?;
         c.shutdown(std::net::Shutdown::Write)?;
         let mut out = String::new();
-        c.read_to_string(&mut out).with_context(|| format!("reading from {addr}"))?;
+        c.read_to_string(&mut out)
+            .with_context(|| format!("reading from {addr}"))?;
         Ok(out)
     })
 }

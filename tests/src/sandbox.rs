@@ -31,7 +31,10 @@ pub fn can_run() -> bool {
         return false;
     }
     if !tollgate_bin().exists() {
-        eprintln!("skipped: {} not built (run `cargo xtask test`)", tollgate_bin().display());
+        eprintln!(
+            "skipped: {} not built (run `cargo xtask test`)",
+            tollgate_bin().display()
+        );
         return false;
     }
     true
@@ -39,9 +42,16 @@ pub fn can_run() -> bool {
 
 /// Runs a command, failing with its stderr if it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
@@ -108,7 +118,13 @@ impl Sandbox {
         let (n, c) = (self.node.as_str(), self.client.as_str());
         sh("ip", &["netns", "add", n])?;
         sh("ip", &["netns", "add", c])?;
-        sh("ip", &["link", "add", "up0", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", c])?;
+        sh(
+            "ip",
+            &[
+                "link", "add", "up0", "netns", n, "type", "veth", "peer", "name", "eth0", "netns",
+                c,
+            ],
+        )?;
         let up = format!("{}/24", self.uplink_ip);
         let cl = format!("{}/24", self.client_ip);
         sh("ip", &["-n", n, "addr", "add", &up, "dev", "up0"])?;
@@ -116,7 +132,18 @@ impl Sandbox {
         sh("ip", &["-n", c, "addr", "add", &cl, "dev", "eth0"])?;
         sh("ip", &["-n", c, "link", "set", "eth0", "up"])?;
         sh("ip", &["-n", c, "link", "set", "lo", "up"])?;
-        sh("ip", &["-n", c, "route", "add", "default", "via", &self.uplink_ip.to_string()])?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                c,
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.uplink_ip.to_string(),
+            ],
+        )?;
         Ok(())
     }
 
@@ -126,7 +153,10 @@ impl Sandbox {
 
     /// Starts the daemon and waits until it answers.
     pub fn start_daemon(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))?;
         let child = Command::new(tollgate_bin())
             .args(["daemon", "--uplink", "up0", "--netns", &self.node])
             .arg("--state-dir")
@@ -148,7 +178,10 @@ impl Sandbox {
                 return Ok(());
             }
             if let Some(st) = self.daemon.as_mut().unwrap().try_wait()? {
-                bail!("daemon exited ({st}) during start-up:\n{}", self.daemon_log());
+                bail!(
+                    "daemon exited ({st}) during start-up:\n{}",
+                    self.daemon_log()
+                );
             }
             if start.elapsed() > Duration::from_secs(30) {
                 bail!("daemon did not come up in 30 s:\n{}", self.daemon_log());
@@ -197,7 +230,14 @@ impl Sandbox {
     /// Runs the CLI and requires success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.tg(args);
-        assert_eq!(r.code, 0, "tollgate {} failed: {}\ndaemon log:\n{}", args.join(" "), r.stderr, self.tail_log());
+        assert_eq!(
+            r.code,
+            0,
+            "tollgate {} failed: {}\ndaemon log:\n{}",
+            args.join(" "),
+            r.stderr,
+            self.tail_log()
+        );
         r.stdout
     }
 
@@ -253,8 +293,12 @@ impl Drop for Sandbox {
                 eprintln!("reset failed: {}", String::from_utf8_lossy(&o.stderr));
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.node]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.client]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.node])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .output();
         if std::thread::panicking() {
             eprintln!("--- daemon log ({}) ---\n{}", self.tag, self.tail_log());
         }

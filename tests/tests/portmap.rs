@@ -18,7 +18,10 @@ macro_rules! sandbox {
 }
 
 fn peer_ip(answer: &str) -> Ipv4Addr {
-    let p = answer.split("peer=").nth(1).unwrap_or_else(|| panic!("no peer in {answer:?}"));
+    let p = answer
+        .split("peer=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no peer in {answer:?}"));
     p.split(':').next().unwrap().parse().unwrap()
 }
 
@@ -34,10 +37,17 @@ fn external_tcp_and_udp_keep_client_ip() {
     let a = tcp_request(&sb.client, sb.uplink_ip, 8080, "hello tcp").unwrap();
     assert!(a.starts_with("web peer="), "{a}");
     assert!(a.ends_with("hello tcp"), "echo missing: {a}");
-    assert_eq!(peer_ip(&a), sb.client_ip, "the container must see the client's own IP");
+    assert_eq!(
+        peer_ip(&a),
+        sb.client_ip,
+        "the container must see the client's own IP"
+    );
 
     let a = udp_request(&sb.client, sb.uplink_ip, 5353, 0, "hello udp").unwrap();
-    assert!(a.starts_with("web peer=") && a.ends_with("hello udp"), "{a}");
+    assert!(
+        a.starts_with("web peer=") && a.ends_with("hello udp"),
+        "{a}"
+    );
     assert_eq!(peer_ip(&a), sb.client_ip);
 
     // Allocated host port from --port-range, printed by the CLI.
@@ -48,7 +58,12 @@ fn external_tcp_and_udp_keep_client_ip() {
 
     let list = sb.json(&["port", "list", &web]);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
-    let udp = list.as_array().unwrap().iter().find(|m| m["proto"] == "udp").unwrap();
+    let udp = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["proto"] == "udp")
+        .unwrap();
     assert_eq!(udp["host_port"], 5353);
     assert_eq!(udp["container_port"], 53);
     assert_eq!(udp["host_ip"], "0.0.0.0");
@@ -65,9 +80,15 @@ fn node_itself_reaches_mapped_port_on_uplink_ip_and_loopback() {
     sb.publish(&web, "5353:53/udp");
     for ip in [sb.uplink_ip, Ipv4Addr::LOCALHOST] {
         let a = tcp_request(&sb.node, ip, 8080, "from node").unwrap();
-        assert!(a.starts_with("web peer=") && a.ends_with("from node"), "via {ip}: {a}");
+        assert!(
+            a.starts_with("web peer=") && a.ends_with("from node"),
+            "via {ip}: {a}"
+        );
         let a = udp_request(&sb.node, ip, 5353, 0, "node udp").unwrap();
-        assert!(a.starts_with("web peer=") && a.ends_with("node udp"), "via {ip}: {a}");
+        assert!(
+            a.starts_with("web peer=") && a.ends_with("node udp"),
+            "via {ip}: {a}"
+        );
     }
     // Answers come back from the address the application asked for (recvmsg4 restores it).
     let from = in_ns(&sb.node, || {
@@ -98,7 +119,11 @@ fn hairpin_from_other_container_and_from_itself() {
 
     let a = tcp_request(&cli_ns, sb.uplink_ip, 8080, "hairpin").unwrap();
     assert!(a.starts_with("web peer=") && a.ends_with("hairpin"), "{a}");
-    assert_eq!(peer_ip(&a), cli_ip, "another container is seen with its own IP");
+    assert_eq!(
+        peer_ip(&a),
+        cli_ip,
+        "another container is seen with its own IP"
+    );
     let a = udp_request(&cli_ns, sb.uplink_ip, 5353, 0, "hp udp").unwrap();
     assert!(a.starts_with("web peer=") && a.ends_with("hp udp"), "{a}");
 
@@ -121,23 +146,48 @@ fn no_iptables_rules_and_no_qdisc_but_clsact() {
     for cmd in ["iptables-save", "iptables-legacy-save"] {
         if let Ok(out) = sh("ip", &["netns", "exec", &sb.node, cmd]) {
             let rules: Vec<&str> = out.lines().filter(|l| l.starts_with("-A")).collect();
-            assert!(rules.is_empty(), "{cmd} in the node namespace shows rules: {rules:?}");
+            assert!(
+                rules.is_empty(),
+                "{cmd} in the node namespace shows rules: {rules:?}"
+            );
         }
     }
     if let Ok(out) = sh("ip", &["netns", "exec", &sb.node, "nft", "list", "ruleset"]) {
-        assert!(!out.contains("rule") && !out.contains("dnat"), "nft ruleset not empty: {out}");
+        assert!(
+            !out.contains("rule") && !out.contains("dnat"),
+            "nft ruleset not empty: {out}"
+        );
     }
     let q = sh("ip", &["netns", "exec", &sb.node, "tc", "qdisc", "show"]).unwrap();
     for l in q.lines() {
-        assert!(l.starts_with("qdisc noqueue") || l.starts_with("qdisc clsact"), "unexpected qdisc: {l}");
+        assert!(
+            l.starts_with("qdisc noqueue") || l.starts_with("qdisc clsact"),
+            "unexpected qdisc: {l}"
+        );
     }
     // The datapath is attached where status says.
     let st = sb.json(&["status"]);
-    let progs: Vec<String> = st["programs"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
-    for p in ["from_uplink", "from_container", "sock_connect4", "sock_bind4"] {
-        assert!(progs.iter().any(|x| x == p), "{p} missing from status: {st}");
+    let progs: Vec<String> = st["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    for p in [
+        "from_uplink",
+        "from_container",
+        "sock_connect4",
+        "sock_bind4",
+    ] {
+        assert!(
+            progs.iter().any(|x| x == p),
+            "{p} missing from status: {st}"
+        );
     }
-    assert!(st["maps"]["TG_PORTMAP"]["entries"].as_u64().unwrap() >= 2, "{st}");
+    assert!(
+        st["maps"]["TG_PORTMAP"]["entries"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
 }
 
 #[test]
@@ -147,7 +197,10 @@ fn refusals_say_error_and_change_nothing() {
     sb.publish(&web, "8080:80");
     let before = (sb.json(&["port", "list"]), sb.json(&["container", "list"]));
     // A node process already listening on 9090.
-    let _holder = in_ns(&sb.node, || Ok(std::net::TcpListener::bind("0.0.0.0:9090")?)).unwrap();
+    let _holder = in_ns(&sb.node, || {
+        Ok(std::net::TcpListener::bind("0.0.0.0:9090")?)
+    })
+    .unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["port", "add", &web, "8080:81"], "already mapped"),
         (&["port", "add", &web, "9090:80"], "in use by a process"),
@@ -157,22 +210,37 @@ fn refusals_say_error_and_change_nothing() {
         (&["port", "add", &web, "80:70000"], "out of range"),
         (&["port", "add", &web, "80:80/sctp"], "unknown protocol"),
         (&["port", "add", &web, "abc"], "bad port spec"),
-        (&["port", "add", &web, "8000-8002:80-81"], "differ in length"),
+        (
+            &["port", "add", &web, "8000-8002:80-81"],
+            "differ in length",
+        ),
         // A batch is all or nothing: the good first spec must not stay behind.
-        (&["port", "add", &web, "7001:80", "8080:80"], "already mapped"),
+        (
+            &["port", "add", &web, "7001:80", "8080:80"],
+            "already mapped",
+        ),
         (&["port", "del", &web, "7777"], "no port map"),
         (&["container", "add", &web], "already exists"),
         (&["container", "add", "x y"], "invalid container name"),
-        (&["container", "add", &sb.cname("ip"), "--ip", "10.254.0.3"], "not a container address"),
+        (
+            &["container", "add", &sb.cname("ip"), "--ip", "10.254.0.3"],
+            "not a container address",
+        ),
         (&["container", "del", "nosuch"], "unknown container"),
     ];
     for (args, want) in cases {
         let r = sb.tg(args);
         assert_eq!(r.code, 1, "{args:?} should fail with exit 1: {r:?}");
         let line = r.stderr.trim();
-        assert!(line.starts_with("error:"), "{args:?}: stderr must start with error: {line}");
+        assert!(
+            line.starts_with("error:"),
+            "{args:?}: stderr must start with error: {line}"
+        );
         assert_eq!(line.lines().count(), 1, "{args:?}: one error line: {line}");
-        assert!(line.contains(want), "{args:?}: {line:?} should mention {want:?}");
+        assert!(
+            line.contains(want),
+            "{args:?}: {line:?} should mention {want:?}"
+        );
     }
     let after = (sb.json(&["port", "list"]), sb.json(&["container", "list"]));
     assert_eq!(before, after, "refused commands changed the state");
@@ -186,20 +254,41 @@ fn node_process_cannot_bind_a_published_port() {
     let (web, _ns, _) = sb.container("web");
     sb.publish(&web, "8080:80");
     sb.publish(&web, "5353:53/udp");
-    let tcp = in_ns(&sb.node, || Ok(std::net::TcpListener::bind("0.0.0.0:8080").map(|_| ()))).unwrap();
+    let tcp = in_ns(&sb.node, || {
+        Ok(std::net::TcpListener::bind("0.0.0.0:8080").map(|_| ()))
+    })
+    .unwrap();
     let e = tcp.expect_err("binding a published TCP port must be refused");
     assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
-    let lo = in_ns(&sb.node, || Ok(std::net::TcpListener::bind("127.0.0.1:8080").map(|_| ()))).unwrap();
-    assert!(lo.is_err(), "loopback bind of a published port must be refused too");
-    let udp = in_ns(&sb.node, || Ok(std::net::UdpSocket::bind("0.0.0.0:5353").map(|_| ()))).unwrap();
+    let lo = in_ns(&sb.node, || {
+        Ok(std::net::TcpListener::bind("127.0.0.1:8080").map(|_| ()))
+    })
+    .unwrap();
+    assert!(
+        lo.is_err(),
+        "loopback bind of a published port must be refused too"
+    );
+    let udp = in_ns(&sb.node, || {
+        Ok(std::net::UdpSocket::bind("0.0.0.0:5353").map(|_| ()))
+    })
+    .unwrap();
     assert!(udp.is_err(), "UDP bind of a published port must be refused");
     // Other ports and the other protocol are free.
     in_ns(&sb.node, || Ok(std::net::UdpSocket::bind("0.0.0.0:8080")?)).unwrap();
-    in_ns(&sb.node, || Ok(std::net::TcpListener::bind("0.0.0.0:8081")?)).unwrap();
+    in_ns(&sb.node, || {
+        Ok(std::net::TcpListener::bind("0.0.0.0:8081")?)
+    })
+    .unwrap();
     // The refusal is scoped to the daemon's namespace: the client namespace binds freely.
-    in_ns(&sb.client, || Ok(std::net::TcpListener::bind("0.0.0.0:8080")?)).unwrap();
+    in_ns(&sb.client, || {
+        Ok(std::net::TcpListener::bind("0.0.0.0:8080")?)
+    })
+    .unwrap();
     sb.ok(&["port", "del", &web, "8080"]);
-    in_ns(&sb.node, || Ok(std::net::TcpListener::bind("0.0.0.0:8080")?)).unwrap();
+    in_ns(&sb.node, || {
+        Ok(std::net::TcpListener::bind("0.0.0.0:8080")?)
+    })
+    .unwrap();
 }
 
 #[test]
@@ -226,12 +315,21 @@ fn udp_flow_follows_a_map_moved_to_another_container() {
     tx.send(Some("one".into())).unwrap();
     let r = arx.recv().unwrap();
     assert!(r.starts_with("A "), "{r}");
-    assert!(!sb.json(&["conntrack", "list"]).as_array().unwrap().is_empty(), "the flow has conntrack entries");
+    assert!(
+        !sb.json(&["conntrack", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the flow has conntrack entries"
+    );
     sb.ok(&["port", "del", &a, "5353/udp"]);
     sb.ok(&["port", "add", &b, "5353:53/udp"]);
     tx.send(Some("two".into())).unwrap();
     let r = arx.recv().unwrap();
-    assert!(r.starts_with("B "), "the next datagram of the same flow must reach the new container: {r}");
+    assert!(
+        r.starts_with("B "),
+        "the next datagram of the same flow must reach the new container: {r}"
+    );
     tx.send(None).unwrap();
     t.join().unwrap().unwrap();
 }
@@ -242,11 +340,16 @@ fn port_del_stops_answers() {
     let (web, ns, _) = sb.container("web");
     let _t = tcp_echo(&ns, 80, "web").unwrap();
     sb.publish(&web, "8080:80");
-    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "x").unwrap().starts_with("web"));
+    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "x")
+        .unwrap()
+        .starts_with("web"));
     sb.ok(&["port", "del", &web, "8080/tcp"]);
     assert!(sb.json(&["port", "list"]).as_array().unwrap().is_empty());
     let r = tcp_request(&sb.client, sb.uplink_ip, 8080, "x");
-    assert!(r.is_err() || !r.as_ref().unwrap().starts_with("web"), "still answering after port del: {r:?}");
+    assert!(
+        r.is_err() || !r.as_ref().unwrap().starts_with("web"),
+        "still answering after port del: {r:?}"
+    );
 }
 
 #[test]
@@ -262,7 +365,9 @@ fn thousand_port_maps_through_the_cli() {
     let a = tcp_request(&sb.client, sb.uplink_ip, 20999, "last").unwrap();
     assert!(a.starts_with("web peer=") && a.ends_with("last"), "{a}");
     // One batch call too.
-    let specs: Vec<String> = (0..500u16).map(|i| format!("{}:80/udp", 30000 + i)).collect();
+    let specs: Vec<String> = (0..500u16)
+        .map(|i| format!("{}:80/udp", 30000 + i))
+        .collect();
     let mut args = vec!["port", "add", web.as_str()];
     args.extend(specs.iter().map(|s| s.as_str()));
     assert_eq!(sb.ok(&args).lines().count(), 500);
@@ -318,10 +423,14 @@ fn kill9_and_restart_lose_neither_transfer_nor_config() {
     let after = (sb.json(&["port", "list"]), sb.json(&["container", "list"]));
     assert_eq!(before, after, "configuration changed across the restart");
     // And new connections work after the restart.
-    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "again").unwrap().ends_with("again"));
+    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "again")
+        .unwrap()
+        .ends_with("again"));
     // A clean stop (SIGTERM) keeps the datapath forwarding while no daemon runs.
     sb.stop_daemon();
-    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "nodaemon").unwrap().ends_with("nodaemon"));
+    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "nodaemon")
+        .unwrap()
+        .ends_with("nodaemon"));
     sb.start_daemon().unwrap();
 }
 
@@ -335,7 +444,11 @@ fn container_add_and_del_plumb_and_unplumb() {
     assert_eq!(v["prefix_len"], 30);
     let ns = format!("tg-{name}");
     assert_eq!(v["netns"], format!("/run/netns/{ns}"));
-    let addr = sh("ip", &["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+    let addr = sh(
+        "ip",
+        &["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"],
+    )
+    .unwrap();
     assert!(addr.contains("10.254.0.14/30"), "{addr}");
     let route = sh("ip", &["-n", &ns, "route", "show", "default"]).unwrap();
     assert!(route.contains("via 10.254.0.13 dev eth0"), "{route}");
@@ -344,11 +457,25 @@ fn container_add_and_del_plumb_and_unplumb() {
     let host = v["host_ifname"].as_str().unwrap().to_string();
     sh("ip", &["-n", &sb.node, "link", "show", &host]).unwrap();
     // The gateway answers pings from the container (the /30 is routed, not bridged).
-    sh("ip", &["netns", "exec", &ns, "ping", "-c1", "-W2", "10.254.0.13"]).unwrap();
+    sh(
+        "ip",
+        &["netns", "exec", &ns, "ping", "-c1", "-W2", "10.254.0.13"],
+    )
+    .unwrap();
     let second = sb.container("c2");
-    assert_eq!(second.2, Ipv4Addr::new(10, 254, 0, 2), "next free /30 is the first one");
+    assert_eq!(
+        second.2,
+        Ipv4Addr::new(10, 254, 0, 2),
+        "next free /30 is the first one"
+    );
     sb.ok(&["container", "del", &name]);
-    assert!(!std::path::Path::new(&format!("/run/netns/{ns}")).exists(), "namespace left behind");
-    assert!(sh("ip", &["-n", &sb.node, "link", "show", &host]).is_err(), "veth left behind");
+    assert!(
+        !std::path::Path::new(&format!("/run/netns/{ns}")).exists(),
+        "namespace left behind"
+    );
+    assert!(
+        sh("ip", &["-n", &sb.node, "link", "show", &host]).is_err(),
+        "veth left behind"
+    );
     assert_eq!(sb.json(&["container", "list"]).as_array().unwrap().len(), 1);
 }

@@ -168,7 +168,10 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
 /// (pin under a temporary name, then rename over the old one).
 fn replace_pin(path: &Path, pin_fn: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     // bpffs refuses names containing '.', so no `.new` suffix.
-    let tmp = path.with_file_name(format!("{}_new", path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = path.with_file_name(format!(
+        "{}_new",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let _ = std::fs::remove_file(&tmp);
     pin_fn(&tmp).with_context(|| format!("pinning {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("pinning {}", path.display()))
