@@ -26,6 +26,16 @@ pub const CT_REPLY: u32 = 4;
 pub const CT_HAIRPIN: u32 = 8;
 /// A FIN or RST was seen (TCP); the entry may be retired early.
 pub const CT_CLOSING: u32 = 16;
+/// The flow is masqueraded (container -> outside through the uplink): the original half
+/// SNATs to `Config.snat_ip`, the reply half DNATs back to the container.
+pub const CT_MASQ: u32 = 32;
+/// A packet was seen in the reply direction (TCP: the handshake completed).
+pub const CT_SEEN_REPLY: u32 = 64;
+
+// ICMP echo flows use the echo identifier as both `sport` and `dport` of the key; masquerade
+// rewrites the identifier (`nat_sport` on the original half, `nat_dport` on the reply half).
+// Plain tracked flows (no translation, e.g. container -> container) have neither CT_DNAT nor
+// CT_SNAT: the reply half only lets replies through with ICC off.
 
 /// Value of `TG_CT`.
 #[repr(C)]

@@ -10,6 +10,14 @@ pub const PORT_GUARD: &str = "TG_PORT_GUARD";
 pub const LOCAL_ADDRS: &str = "TG_LOCAL_ADDRS";
 /// Containers by IP: `u32` (BE) -> `Endpoint`.
 pub const ENDPOINTS: &str = "TG_ENDPOINTS";
+/// Containers by host veth ifindex: `u32` -> `Endpoint` (from_container/to_container).
+pub const EP_BY_IF: &str = "TG_EP_BY_IF";
+/// ICC exceptions: `LinkKey` -> u32 (1).
+pub const LINKS: &str = "TG_LINKS";
+/// Egress policy: LPM `Key<PolicyKey>` -> `PolicyChain`.
+pub const POLICY: &str = "TG_POLICY";
+/// Per-container counters: per-CPU array of `EpStats` indexed by endpoint id.
+pub const EP_STATS: &str = "TG_EP_STATS";
 /// Conntrack/NAT table: `CtKey` -> `CtEntry`, LRU.
 pub const CONNTRACK: &str = "TG_CT";
 /// Socket-level reverse NAT for node-originated traffic: `SockRevKey` -> `SockRevValue`, LRU.
@@ -24,6 +32,8 @@ pub const LOCAL_ADDRS_MAX: u32 = 4_096;
 pub const ENDPOINTS_MAX: u32 = 16_384;
 pub const CONNTRACK_MAX_DEFAULT: u32 = 262_144;
 pub const SOCK_REVNAT_MAX: u32 = 65_536;
+pub const LINKS_MAX: u32 = 65_536;
+pub const POLICY_MAX: u32 = 65_536;
 
 /// Every map the datapath pins, so the agent can pin, reopen and remove them by name.
 pub const ALL: &[&str] = &[
@@ -31,6 +41,10 @@ pub const ALL: &[&str] = &[
     PORT_GUARD,
     LOCAL_ADDRS,
     ENDPOINTS,
+    EP_BY_IF,
+    LINKS,
+    POLICY,
+    EP_STATS,
     CONNTRACK,
     SOCK_REVNAT,
     CONFIG,

@@ -14,9 +14,25 @@ pub const CNT_PASS_NOT_IPV4: u32 = 8;
 /// A published port whose flow cannot be translated (e.g. self-hairpin from an IP with no
 /// `TG_ENDPOINTS` entry, so no gateway to SNAT to): dropped.
 pub const CNT_DROP_NO_MAPPING: u32 = 9;
-pub const CNT_MAX: u32 = 16;
+pub const CNT_DROP_POLICY: u32 = 10;
+pub const CNT_DROP_ICC: u32 = 11;
+pub const CNT_DROP_SPOOF: u32 = 12;
+pub const CNT_DROP_RATELIMIT: u32 = 13;
+pub const CNT_DROP_NAT_EXHAUSTED: u32 = 14;
+/// Masquerade: new flows SNATed, and packets translated in each direction.
+pub const CNT_SNAT_FLOWS: u32 = 15;
+pub const CNT_SNAT: u32 = 16;
+pub const CNT_REVSNAT: u32 = 17;
+/// ICMP errors about a translated flow, translated back.
+pub const CNT_ICMP_ERR_XLATED: u32 = 18;
+/// Conntrack entries the datapath created (both halves count). With `CNT_CT_REMOVED`, which
+/// only the agent writes (its GC and flushes), the agent derives LRU evictions:
+/// created - removed - present.
+pub const CNT_CT_CREATED: u32 = 19;
+pub const CNT_CT_REMOVED: u32 = 20;
+pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 21] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -27,6 +43,17 @@ pub const NAMES: [&str; 10] = [
     "csum_error",
     "pass_not_ipv4",
     "drop_no_mapping",
+    "drop_policy",
+    "drop_icc",
+    "drop_spoof",
+    "drop_ratelimit",
+    "drop_nat_exhausted",
+    "snat_flows",
+    "snat",
+    "revsnat",
+    "icmp_err_xlated",
+    "ct_created",
+    "ct_removed",
 ];
 
 #[cfg(test)]
