@@ -84,12 +84,19 @@ pub struct Sandbox {
     pub uplink_ip: Ipv4Addr,
     pub client_ip: Ipv4Addr,
     daemon: Option<Child>,
+    /// Extra `daemon` flags (kept for restarts).
+    pub daemon_flags: Vec<String>,
 }
 
 impl Sandbox {
     /// Creates the namespaces and the uplink, and starts the daemon. `test` must be short
     /// (it goes into namespace and container names).
     pub fn new(test: &str) -> Result<Self> {
+        Self::with_flags(test, &[])
+    }
+
+    /// Like `new`, with extra `tollgate daemon` flags (e.g. `["--icc"]`).
+    pub fn with_flags(test: &str, flags: &[&str]) -> Result<Self> {
         let pid = std::process::id();
         let tag = format!("{test}-{pid}");
         // A /24 per sandbox, derived from the test name, keeps captures readable; each lives in
@@ -108,6 +115,7 @@ impl Sandbox {
             tag,
             dir,
             daemon: None,
+            daemon_flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         sb.build_topology()?;
         sb.start_daemon()?;
@@ -165,6 +173,7 @@ impl Sandbox {
             .arg(&self.bpffs)
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.daemon_flags)
             .env("TOLLGATE_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
