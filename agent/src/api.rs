@@ -40,6 +40,27 @@ pub enum Request {
     ConntrackFlush {
         container: Option<String>,
     },
+    Stats {
+        container: Option<String>,
+    },
+    PolicyLink {
+        from: String,
+        to: String,
+        add: bool,
+    },
+    PolicyEgress {
+        container: String,
+        stance: String,
+    },
+    /// `action` None removes the rule.
+    PolicyRule {
+        container: String,
+        spec: String,
+        action: Option<crate::policy::Action>,
+    },
+    PolicyList {
+        container: String,
+    },
     Shutdown,
 }
 

@@ -43,6 +43,15 @@ pub enum Cmd {
     /// The NAT/conntrack table.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
+    /// ICC links and per-container egress policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Per-container counters: rx/tx packets and bytes, drops by reason, conntrack entries.
+    Stats {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Self-contained sandbox: two HTTP containers, port maps, a client, a live table.
     Demo(DemoArgs),
     /// (internal) HTTP echo server used by the demo inside a container namespace.
@@ -86,6 +95,21 @@ pub struct DaemonArgs {
     /// Conntrack table size (entries; LRU when full).
     #[arg(long, default_value_t = datapath_common::maps::CONNTRACK_MAX_DEFAULT)]
     pub conntrack_max: u32,
+    /// Source ports (and ICMP echo ids) used for masquerade, LO-HI.
+    #[arg(long, default_value = "20000-32767")]
+    pub nat_ports: String,
+    /// Idle timeout of established TCP conntrack entries, seconds.
+    #[arg(long, default_value_t = datapath_common::config::CT_TCP_EST_S_DEFAULT)]
+    pub ct_tcp_timeout: u32,
+    /// Idle timeout of UDP conntrack entries, seconds.
+    #[arg(long, default_value_t = datapath_common::config::CT_UDP_S_DEFAULT)]
+    pub ct_udp_timeout: u32,
+    /// Idle timeout of ICMP echo conntrack entries, seconds.
+    #[arg(long, default_value_t = datapath_common::config::CT_ICMP_S_DEFAULT)]
+    pub ct_icmp_timeout: u32,
+    /// How often expired conntrack entries are removed, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub ct_gc_interval: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -162,4 +186,30 @@ pub struct DemoArgs {
     /// Requests the client makes per container.
     #[arg(long, default_value_t = 20)]
     pub requests: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Let FROM open connections to TO by IP even with ICC off (one-way).
+    Link { from: String, to: String },
+    /// Remove a link.
+    Unlink { from: String, to: String },
+    /// Default stance for NAME's new outbound flows (default: allow).
+    Egress {
+        name: String,
+        #[arg(value_parser = ["allow", "deny"])]
+        stance: String,
+    },
+    /// Allow NAME's new flows to CIDR[:PORT[-PORT]][/tcp|/udp|/icmp].
+    Allow { name: String, rule: String },
+    /// Deny NAME's new flows to CIDR[:PORT[-PORT]][/tcp|/udp|/icmp].
+    Deny { name: String, rule: String },
+    /// Remove NAME's rule with exactly this CIDR[:PORT[-PORT]][/proto].
+    Rm { name: String, rule: String },
+    /// NAME's egress stance, links and rules.
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }

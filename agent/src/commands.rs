@@ -8,8 +8,9 @@ use serde_json::Value;
 
 use crate::{
     api::{self, Request},
-    cli::{Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, PortCmd},
+    cli::{Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, PolicyCmd, PortCmd},
     node::Settings,
+    policy::Action,
     pool::Pool,
     ports::parse_port_range,
 };
@@ -33,6 +34,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Container(c) => container(sock, c),
         Cmd::Port(p) => port(sock, p),
         Cmd::Conntrack(c) => conntrack(sock, c),
+        Cmd::Policy(p) => policy(sock, p),
+        Cmd::Stats { name, json } => {
+            let v = api::call(
+                sock,
+                &Request::Stats {
+                    container: name.clone(),
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                let list = if name.is_some() {
+                    vec![v]
+                } else {
+                    v.as_array().cloned().unwrap_or_default()
+                };
+                print_stats(&list);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -48,6 +69,15 @@ fn daemon(a: DaemonArgs, sock: &Path) -> Result<()> {
         bpffs: a.bpffs,
         socket: sock.to_path_buf(),
         conntrack_max: a.conntrack_max,
+        nat_ports: crate::ports::parse_port_range(&a.nat_ports).context("--nat-ports")?,
+        ct: crate::node::CtTimeouts {
+            tcp_syn: datapath_common::config::CT_TCP_SYN_S_DEFAULT,
+            tcp_est: a.ct_tcp_timeout,
+            tcp_close: datapath_common::config::CT_TCP_CLOSE_S_DEFAULT,
+            udp: a.ct_udp_timeout,
+            icmp: a.ct_icmp_timeout,
+        },
+        ct_gc_interval: std::time::Duration::from_secs(a.ct_gc_interval.max(1)),
     };
     // Enter the node namespace before any other thread exists: tokio's workers inherit it.
     if let Some(ns) = &a.netns {
@@ -300,4 +330,123 @@ fn print_status(v: &Value) {
         let parts: Vec<String> = c.iter().map(|(k, n)| format!("{k}={n}")).collect();
         println!("counters {}", parts.join(" "));
     }
+}
+
+fn policy(sock: &Path, p: PolicyCmd) -> Result<()> {
+    let req = match p {
+        PolicyCmd::Link { from, to } => Request::PolicyLink {
+            from,
+            to,
+            add: true,
+        },
+        PolicyCmd::Unlink { from, to } => Request::PolicyLink {
+            from,
+            to,
+            add: false,
+        },
+        PolicyCmd::Egress { name, stance } => Request::PolicyEgress {
+            container: name,
+            stance,
+        },
+        PolicyCmd::Allow { name, rule } => Request::PolicyRule {
+            container: name,
+            spec: rule,
+            action: Some(Action::Allow),
+        },
+        PolicyCmd::Deny { name, rule } => Request::PolicyRule {
+            container: name,
+            spec: rule,
+            action: Some(Action::Deny),
+        },
+        PolicyCmd::Rm { name, rule } => Request::PolicyRule {
+            container: name,
+            spec: rule,
+            action: None,
+        },
+        PolicyCmd::List { name, json } => {
+            let v = api::call(sock, &Request::PolicyList { container: name })?;
+            if json {
+                print_json(&v);
+            } else {
+                print_policy(&v);
+            }
+            return Ok(());
+        }
+    };
+    api::call(sock, &req)?;
+    Ok(())
+}
+
+fn print_policy(v: &Value) {
+    println!(
+        "{}: egress {} (icc {})",
+        s(v, "container"),
+        s(v, "egress"),
+        s(v, "icc")
+    );
+    let links: Vec<String> = v["links"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|l| l.as_str().unwrap_or("").to_string())
+        .collect();
+    println!(
+        "links to: {}",
+        if links.is_empty() {
+            "-".to_string()
+        } else {
+            links.join(", ")
+        }
+    );
+    let rows = v["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| vec![s(r, "action"), s(r, "cidr"), s(r, "ports"), s(r, "proto")])
+        .collect();
+    table(&["ACTION", "CIDR", "PORTS", "PROTO"], rows);
+}
+
+fn print_stats(list: &[Value]) {
+    let rows = list
+        .iter()
+        .map(|c| {
+            let drops: Vec<String> = c["drops"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                        .map(|(k, n)| format!("{k}={n}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                s(c, "container"),
+                s(c, "rx_packets"),
+                s(c, "rx_bytes"),
+                s(c, "tx_packets"),
+                s(c, "tx_bytes"),
+                s(c, "conntrack_entries"),
+                if drops.is_empty() {
+                    "-".into()
+                } else {
+                    drops.join(" ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CONTAINER",
+            "RX_PKTS",
+            "RX_BYTES",
+            "TX_PKTS",
+            "TX_BYTES",
+            "CT",
+            "DROPS",
+        ],
+        rows,
+    );
 }

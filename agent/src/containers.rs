@@ -12,8 +12,10 @@ use datapath_common::endpoint::ADDR_GATEWAY;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use aya::programs::TcAttachType;
+
 use crate::{
-    datapath::{attach, PROG_FROM_CONTAINER},
+    datapath::{attach, maps::endpoints::EndpointInfo, PROG_FROM_CONTAINER, PROG_TO_CONTAINER},
     netlink::{self, addr, link, route},
     netns,
     node::Node,
@@ -82,18 +84,41 @@ impl Node {
 
     /// Hooks and map entries of a plumbed container.
     pub fn activate(&mut self, c: &Container) -> Result<()> {
-        let prog = self
-            .dp
-            .tc
-            .get_mut(PROG_FROM_CONTAINER)
-            .expect("program loaded");
-        attach::attach_tc(&self.pins, PROG_FROM_CONTAINER, prog, &c.host_ifname)?;
-        self.dp
-            .maps
-            .endpoints
-            .insert(c.ip, c.id, c.host_ifindex, c.gateway)?;
+        // Map entries before hooks: the hooks find the endpoint from their first packet.
+        let info = self.endpoint_info(c);
+        self.dp.maps.endpoints.insert(&info)?;
         self.dp.maps.endpoints.add_local(c.gateway, ADDR_GATEWAY)?;
+        for (prog_name, at) in [
+            (PROG_FROM_CONTAINER, TcAttachType::Ingress),
+            (PROG_TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            let prog = self.dp.tc.get_mut(prog_name).expect("program loaded");
+            attach::attach_tc(&self.pins, prog_name, prog, &c.host_ifname, at)?;
+        }
         Ok(())
+    }
+
+    pub fn endpoint_info(&self, c: &Container) -> EndpointInfo {
+        EndpointInfo {
+            id: c.id,
+            ip: c.ip,
+            gateway: c.gateway,
+            host_ifindex: c.host_ifindex,
+            flags: self.endpoint_flags(&c.name),
+        }
+    }
+
+    /// The smallest container id not in use (ids index the per-container stats array).
+    fn free_id(&self) -> Result<u32> {
+        let used: HashSet<u32> = self.state.containers.values().map(|c| c.id).collect();
+        (1..datapath_common::maps::ENDPOINTS_MAX)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "too many containers (at most {})",
+                    datapath_common::maps::ENDPOINTS_MAX - 1
+                )
+            })
     }
 
     /// Undoes `plumb` and `activate`, collecting errors but going on (best-effort teardown).
@@ -104,12 +129,10 @@ impl Node {
                 errs.push(e);
             }
         };
-        keep(attach::detach_tc(
-            &self.pins,
-            PROG_FROM_CONTAINER,
-            &c.host_ifname,
-        ));
-        keep(self.dp.maps.endpoints.remove(c.ip));
+        for prog_name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+            keep(attach::detach_tc(&self.pins, prog_name, &c.host_ifname));
+        }
+        keep(self.dp.maps.endpoints.remove(c.ip, c.host_ifindex));
         keep(self.dp.maps.endpoints.remove_local(c.gateway));
         let (id, ip) = (c.id, c.ip);
         keep(
@@ -152,7 +175,7 @@ impl Node {
                 bail!("network namespace {} does not exist", p.display());
             }
         }
-        let id = self.state.next_id.max(1);
+        let id = self.free_id()?;
         let mut c = Container {
             name: name.to_string(),
             id,
@@ -171,9 +194,9 @@ impl Node {
         }
         let applied: Result<()> = async {
             c.host_ifindex = self.plumb(&c).await?;
+            self.dp.maps.stats.reset_endpoint(id)?;
             self.activate(&c)?;
             let mut next = self.state.clone();
-            next.next_id = id + 1;
             next.containers.insert(name.to_string(), c.clone());
             self.commit(next)
         }
@@ -196,8 +219,17 @@ impl Node {
         let mut next = self.state.clone();
         next.containers.remove(name);
         next.ports.remove(name);
+        next.policies.remove(name);
+        next.links.retain(|(f, t)| f != name && t != name);
         self.commit(next)?;
         self.unpublish(&maps)?;
+        // Its links and policy chains go with it (ids are reused by later containers).
+        self.sync_links()?;
+        for (id, net, len) in self.dp.maps.policy.prefixes()? {
+            if id == c.id {
+                self.dp.maps.policy.remove_chain(id, net, len)?;
+            }
+        }
         let errs = self.teardown(&c).await;
         if !errs.is_empty() {
             let msgs: Vec<String> = errs.iter().map(|e| format!("{e:#}")).collect();

@@ -57,7 +57,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %socket.display(), "tollgate daemon ready");
 
+    let gc_every = node.settings.ct_gc_interval;
     let node = Arc::new(Mutex::new(node));
+    spawn_conntrack_gc(node.clone(), gc_every);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -121,6 +123,15 @@ async fn handle(n: &mut Node, req: Request) -> Result<serde_json::Value> {
         Request::PortList { container } => n.port_list(container.as_deref()),
         Request::ConntrackList => n.conntrack_list(),
         Request::ConntrackFlush { container } => n.conntrack_flush(container.as_deref()),
+        Request::Stats { container } => n.stats(container.as_deref()),
+        Request::PolicyLink { from, to, add } => n.policy_link(&from, &to, add),
+        Request::PolicyEgress { container, stance } => n.policy_egress(&container, &stance),
+        Request::PolicyRule {
+            container,
+            spec,
+            action,
+        } => n.policy_rule(&container, &spec, action),
+        Request::PolicyList { container } => n.policy_list(&container),
         Request::Shutdown => unreachable!("handled by serve"),
     }
 }
@@ -153,4 +164,21 @@ fn forward_ebpf_logs(node: &Node) {
         },
         Err(e) => debug!("no eBPF log forwarding: {e}"),
     }
+}
+
+/// Periodic conntrack GC (expired entries are already ignored by the datapath; this frees
+/// them). Runs under the node lock like any request.
+fn spawn_conntrack_gc(node: Arc<Mutex<Node>>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match node.lock().await.conntrack_gc() {
+                Ok(0) => {}
+                Ok(n) => debug!(removed = n, "conntrack gc"),
+                Err(e) => warn!("conntrack gc: {e:#}"),
+            }
+        }
+    });
 }

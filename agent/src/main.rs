@@ -11,6 +11,7 @@ mod listeners;
 mod netlink;
 mod netns;
 mod node;
+mod policy;
 mod pool;
 mod portmaps;
 mod ports;

@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use rtnetlink::Handle;
 use serde_json::{json, Value};
 
+use datapath_common::stats::{CNT_CT_CREATED, CNT_CT_REMOVED};
+
 use crate::{
     datapath::{
         loader::{Loaded, Pins},
@@ -30,6 +32,36 @@ pub struct Settings {
     pub bpffs: PathBuf,
     pub socket: PathBuf,
     pub conntrack_max: u32,
+    /// Masquerade source ports (and ICMP echo ids).
+    pub nat_ports: RangeInclusive<u16>,
+    pub ct: CtTimeouts,
+    /// How often the conntrack GC removes expired entries.
+    pub ct_gc_interval: std::time::Duration,
+}
+
+/// Conntrack idle timeouts, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct CtTimeouts {
+    pub tcp_syn: u32,
+    pub tcp_est: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl CtTimeouts {
+    /// Idle timeout of an entry, as the datapath applies it.
+    pub fn of(&self, v: &CtView) -> u64 {
+        use datapath_common::conntrack::{CT_CLOSING, CT_SEEN_REPLY};
+        let s = match v.proto {
+            datapath_common::proto::TCP if v.flags & CT_CLOSING != 0 => self.tcp_close,
+            datapath_common::proto::TCP if v.flags & CT_SEEN_REPLY == 0 => self.tcp_syn,
+            datapath_common::proto::TCP => self.tcp_est,
+            datapath_common::proto::UDP => self.udp,
+            _ => self.icmp,
+        };
+        u64::from(s) * 1_000_000_000
+    }
 }
 
 pub struct Node {
@@ -71,6 +103,7 @@ impl Node {
         ];
         for c in self.state.containers.values() {
             attach.push(json!({"program": crate::datapath::PROG_FROM_CONTAINER, "where": format!("{} ingress (tcx)", c.host_ifname), "container": c.name}));
+            attach.push(json!({"program": crate::datapath::PROG_TO_CONTAINER, "where": format!("{} egress (tcx)", c.host_ifname), "container": c.name}));
         }
         let cg = crate::datapath::attach::cgroup2_root()
             .map(|p| p.display().to_string())
@@ -84,8 +117,13 @@ impl Node {
             "TG_ENDPOINTS": {"entries": m.endpoints.ips()?.len(), "max": datapath_common::maps::ENDPOINTS_MAX},
             "TG_LOCAL_ADDRS": {"entries": m.endpoints.locals()?.len(), "max": datapath_common::maps::LOCAL_ADDRS_MAX},
             "TG_CT": {"entries": m.conntrack.count(), "max": self.settings.conntrack_max},
+            "TG_POLICY": {"entries": m.policy.prefixes()?.len(), "max": datapath_common::maps::POLICY_MAX},
+            "TG_LINKS": {"entries": m.policy.links()?.len(), "max": datapath_common::maps::LINKS_MAX},
         });
-        let counters = m.config.counters()?;
+        let counters = m.stats.counters()?;
+        let cnt = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
+        let entries = m.conntrack.count() as u64;
+        let (created, removed) = (cnt(CNT_CT_CREATED), cnt(CNT_CT_REMOVED));
         let named: serde_json::Map<String, Value> = datapath_common::stats::NAMES
             .iter()
             .enumerate()
@@ -108,6 +146,15 @@ impl Node {
             "maps": maps,
             "pins": self.settings.bpffs.display().to_string(),
             "counters": named,
+            "conntrack": {
+                "entries": entries,
+                "max": self.settings.conntrack_max,
+                "created": created,
+                "removed": removed,
+                // LRU evictions are invisible to both sides; they are what is neither present
+                // nor removed by the agent.
+                "evicted": created.saturating_sub(removed).saturating_sub(entries),
+            },
         }))
     }
 
@@ -135,7 +182,53 @@ impl Node {
                     .remove_where(|v| v.endpoint_id == c.id)?
             }
         };
+        self.dp.maps.stats.add_ct_removed(n as u64)?;
         Ok(json!({"flushed": n}))
+    }
+
+    /// Removes conntrack entries idle for longer than their timeout (the datapath already
+    /// ignores them; this frees the slots and keeps `conntrack list` honest).
+    pub fn conntrack_gc(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let t = self.settings.ct;
+        let n = self
+            .dp
+            .maps
+            .conntrack
+            .remove_where(|v| now.saturating_sub(v.last_seen_ns) > t.of(v))?;
+        self.dp.maps.stats.add_ct_removed(n as u64)?;
+        Ok(n)
+    }
+
+    /// Per-container counters (`stats [NAME]`).
+    pub fn stats(&self, name: Option<&str>) -> Result<Value> {
+        let list: Vec<&crate::state::Container> = match name {
+            Some(n) => vec![self.container(n)?],
+            None => self.state.containers.values().collect(),
+        };
+        let ct = self.dp.maps.conntrack.list()?;
+        let mut out = Vec::new();
+        for c in list {
+            let t = self.dp.maps.stats.endpoint(c.id)?;
+            let drops: serde_json::Map<String, Value> = datapath_common::drop::DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), json!(t.drops[*r as usize])))
+                .collect();
+            out.push(json!({
+                "container": c.name,
+                "ip": c.ip,
+                "rx_packets": t.rx_packets,
+                "rx_bytes": t.rx_bytes,
+                "tx_packets": t.tx_packets,
+                "tx_bytes": t.tx_bytes,
+                "drops": drops,
+                "conntrack_entries": ct.iter().filter(|v| v.endpoint_id == c.id).count(),
+            }));
+        }
+        Ok(match name {
+            Some(_) => out.pop().unwrap_or(Value::Null),
+            None => Value::Array(out),
+        })
     }
 
     pub fn container(&self, name: &str) -> Result<&crate::state::Container> {
@@ -172,6 +265,8 @@ fn ct_json(c: &CtView, now: u64) -> Value {
         (CT_REPLY, "reply"),
         (CT_HAIRPIN, "hairpin"),
         (CT_CLOSING, "closing"),
+        (CT_MASQ, "masq"),
+        (CT_SEEN_REPLY, "seen_reply"),
     ] {
         if c.flags & b != 0 {
             flags.push(n);

@@ -3,7 +3,7 @@
 //! On start the daemon re-applies it to the kernel (see `reconcile`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::{File, OpenOptions},
     io::Write,
     net::Ipv4Addr,
@@ -49,7 +49,15 @@ pub struct State {
     pub containers: BTreeMap<String, Container>,
     /// Port maps by container name.
     pub ports: BTreeMap<String, Vec<PortMapping>>,
+    /// Kept for state files of older versions; ids are now the smallest free one.
+    #[serde(default)]
     pub next_id: u32,
+    /// One-way ICC exceptions: (from, to) container names.
+    #[serde(default)]
+    pub links: BTreeSet<(String, String)>,
+    /// Egress policy by container name (absent: allow everything, no rules).
+    #[serde(default)]
+    pub policies: BTreeMap<String, crate::policy::Policy>,
 }
 
 impl State {

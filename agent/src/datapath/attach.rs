@@ -18,13 +18,14 @@ use tracing::{debug, info};
 
 use super::loader::Pins;
 
-/// Attaches `prog` at TCX ingress of `ifname` (in the daemon's namespace) unless a pinned
+/// Attaches `prog` at TCX ingress or egress of `ifname` (in the daemon's namespace) unless a pinned
 /// link for it already exists.
 pub fn attach_tc(
     pins: &Pins,
     prog_name: &str,
     prog: &mut SchedClassifier,
     ifname: &str,
+    at: TcAttachType,
 ) -> Result<()> {
     let pin = pins.link(prog_name, Some(ifname));
     if pin.exists() {
@@ -32,12 +33,8 @@ pub fn attach_tc(
         return Ok(());
     }
     let id = prog
-        .attach_with_options(
-            ifname,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .with_context(|| format!("attaching {prog_name} to {ifname} ingress (TCX)"))?;
+        .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching {prog_name} to {ifname} {at:?} (TCX)"))?;
     let link: FdLink = prog
         .take_link(id)?
         .try_into()

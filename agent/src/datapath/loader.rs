@@ -21,7 +21,9 @@ use aya::{
 use datapath_common::maps as names;
 use tracing::{debug, info};
 
-use super::{maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, SOCK_PROGS};
+use super::{
+    maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, PROG_TO_CONTAINER, SOCK_PROGS,
+};
 
 pub struct Loaded {
     pub maps: Maps,
@@ -114,7 +116,7 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     let upgrade = !stamp.exists();
 
     let mut tc = BTreeMap::new();
-    for name in [PROG_FROM_UPLINK, PROG_FROM_CONTAINER] {
+    for name in [PROG_FROM_UPLINK, PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
         let pin = pins.prog(name);
         if upgrade || !pin.exists() {
             let p: &mut SchedClassifier = ebpf

@@ -12,6 +12,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// TC programs, by name in the object.
 pub const PROG_FROM_UPLINK: &str = "from_uplink";
 pub const PROG_FROM_CONTAINER: &str = "from_container";
+pub const PROG_TO_CONTAINER: &str = "to_container";
 
 /// cgroup sock_addr programs with their attach types.
 pub const SOCK_PROGS: &[(&str, aya::programs::CgroupSockAddrAttachType)] = {

@@ -4,7 +4,9 @@
 pub mod config;
 pub mod conntrack;
 pub mod endpoints;
+pub mod policy;
 pub mod portmap;
+pub mod stats;
 
 use std::net::Ipv4Addr;
 
@@ -15,13 +17,17 @@ use datapath_common::maps as names;
 pub use config::ConfigTable;
 pub use conntrack::ConntrackTable;
 pub use endpoints::EndpointTable;
+pub use policy::PolicyTable;
 pub use portmap::PortMapTable;
+pub use stats::StatsTable;
 
 pub struct Maps {
     pub portmap: PortMapTable,
     pub endpoints: EndpointTable,
     pub conntrack: ConntrackTable,
     pub config: ConfigTable,
+    pub policy: PolicyTable,
+    pub stats: StatsTable,
 }
 
 impl Maps {
@@ -33,10 +39,13 @@ impl Maps {
             )?,
             endpoints: EndpointTable::new(
                 take(ebpf, names::ENDPOINTS)?,
+                take(ebpf, names::EP_BY_IF)?,
                 take(ebpf, names::LOCAL_ADDRS)?,
             )?,
             conntrack: ConntrackTable::new(take(ebpf, names::CONNTRACK)?)?,
-            config: ConfigTable::new(take(ebpf, names::CONFIG)?, take(ebpf, names::COUNTERS)?)?,
+            config: ConfigTable::new(take(ebpf, names::CONFIG)?)?,
+            policy: PolicyTable::new(take(ebpf, names::LINKS)?, take(ebpf, names::POLICY)?)?,
+            stats: StatsTable::new(take(ebpf, names::EP_STATS)?, take(ebpf, names::COUNTERS)?)?,
         })
     }
 }

@@ -1,0 +1,537 @@
+//! Egress policy and ICC links: `policy link/unlink/egress/allow/deny/rm/list`.
+//!
+//! Rules are kept per container in the state and compiled into `TG_POLICY` chains: for every
+//! prefix a container has rules for, the chain lists every rule that covers that prefix
+//! (its own and its enclosing prefixes'), most specific first: longest prefix, then an
+//! explicit port before any port, then an explicit protocol before any. The datapath's LPM
+//! lookup finds the longest prefix and takes the first rule of its chain that matches the
+//! packet, which is exactly "most specific rule wins".
+
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr, str::FromStr};
+
+use anyhow::{anyhow, bail, Context, Result};
+use datapath_common::{
+    endpoint::{
+        PolicyChain, PolicyRule, EP_EGRESS_DENY, POLICY_ALLOW, POLICY_CHAIN_MAX, POLICY_DENY,
+    },
+    proto,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::node::Node;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl RuleProto {
+    fn number(self) -> u8 {
+        match self {
+            RuleProto::Tcp => proto::TCP,
+            RuleProto::Udp => proto::UDP,
+            RuleProto::Icmp => proto::ICMP,
+        }
+    }
+}
+
+impl fmt::Display for RuleProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleProto::Tcp => "tcp",
+            RuleProto::Udp => "udp",
+            RuleProto::Icmp => "icmp",
+        })
+    }
+}
+
+/// What a rule matches: `CIDR[:PORT[-PORT]][/tcp|/udp|/icmp]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Match {
+    pub net: Ipv4Net,
+    pub ports: Option<(u16, u16)>,
+    pub proto: Option<RuleProto>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    #[serde(flatten)]
+    pub m: Match,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub egress_deny: bool,
+    pub rules: Vec<Rule>,
+}
+
+impl FromStr for Match {
+    type Err = anyhow::Error;
+    fn from_str(spec: &str) -> Result<Self> {
+        let ctx = || {
+            format!("bad rule {spec:?} (expected CIDR[:PORT[-PORT]][/tcp|/udp|/icmp], e.g. 10.0.0.0/8:443/tcp)")
+        };
+        let (body, proto) = match spec.rsplit_once('/') {
+            Some((b, p)) if p.chars().all(|c| c.is_ascii_alphabetic()) && !p.is_empty() => {
+                let proto = match p {
+                    "tcp" => RuleProto::Tcp,
+                    "udp" => RuleProto::Udp,
+                    "icmp" => RuleProto::Icmp,
+                    _ => {
+                        return Err(anyhow!("unknown protocol {p:?} (use tcp, udp or icmp)"))
+                            .with_context(ctx)
+                    }
+                };
+                (b, Some(proto))
+            }
+            _ => (spec, None),
+        };
+        let (cidr, ports) = match body.split_once(':') {
+            Some((c, p)) => (c, Some(p)),
+            None => (body, None),
+        };
+        let net: Ipv4Net = if cidr.contains('/') {
+            cidr.parse()
+                .map_err(|_| anyhow!("{cidr:?} is not an IPv4 CIDR"))
+                .with_context(ctx)?
+        } else {
+            let ip: Ipv4Addr = cidr
+                .parse()
+                .map_err(|_| anyhow!("{cidr:?} is not an IPv4 address"))
+                .with_context(ctx)?;
+            Ipv4Net::new(ip, 32).expect("/32 is valid")
+        };
+        let ports = match ports {
+            None => None,
+            Some(p) => {
+                let r = crate::ports::parse_port_range(p).with_context(ctx)?;
+                Some((*r.start(), *r.end()))
+            }
+        };
+        if ports.is_some() && proto == Some(RuleProto::Icmp) {
+            return Err(anyhow!("ICMP has no ports")).with_context(ctx);
+        }
+        Ok(Match {
+            net: net.trunc(),
+            ports,
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.net)?;
+        if let Some((lo, hi)) = self.ports {
+            if lo == hi {
+                write!(f, ":{lo}")?;
+            } else {
+                write!(f, ":{lo}-{hi}")?;
+            }
+        }
+        if let Some(p) = self.proto {
+            write!(f, "/{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compiles a policy into (prefix, chain) pairs.
+pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
+    let prefixes: BTreeSet<Ipv4Net> = p.rules.iter().map(|r| r.m.net).collect();
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        let mut covering: Vec<&Rule> = p
+            .rules
+            .iter()
+            .filter(|r| r.m.net.contains(&prefix))
+            .collect();
+        // Most specific first. `rules` holds at most one rule per Match, so the order is total.
+        covering.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.m.net.prefix_len()),
+                r.m.ports.is_none(),
+                r.m.proto.is_none(),
+                r.m.ports,
+            )
+        });
+        if covering.len() > POLICY_CHAIN_MAX {
+            bail!(
+                "too many rules apply to {prefix} ({}; at most {POLICY_CHAIN_MAX} may overlap one destination)",
+                covering.len()
+            );
+        }
+        let mut chain = PolicyChain {
+            len: covering.len() as u32,
+            ..Default::default()
+        };
+        for (slot, r) in chain.rules.iter_mut().zip(&covering) {
+            let (lo, hi) = r.m.ports.unwrap_or((0, 0));
+            *slot = PolicyRule {
+                port_lo: lo,
+                port_hi: hi,
+                proto: r.m.proto.map(RuleProto::number).unwrap_or(0),
+                action: if r.action == Action::Allow {
+                    POLICY_ALLOW
+                } else {
+                    POLICY_DENY
+                },
+                _pad: 0,
+            };
+        }
+        out.push((prefix, chain));
+    }
+    Ok(out)
+}
+
+fn rule_json(r: &Rule) -> Value {
+    json!({
+        "cidr": r.m.net.to_string(),
+        "ports": r.m.ports.map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }),
+        "proto": r.m.proto.map(|p| p.to_string()),
+        "action": r.action,
+    })
+}
+
+impl Node {
+    /// `EP_*` flags of a container's endpoint entry.
+    pub fn endpoint_flags(&self, name: &str) -> u32 {
+        match self.state.policies.get(name) {
+            Some(p) if p.egress_deny => EP_EGRESS_DENY,
+            _ => 0,
+        }
+    }
+
+    /// Writes a container's chains (new ones first, then removes stale prefixes, so no packet
+    /// ever sees a half-empty policy).
+    pub fn sync_policy(&mut self, name: &str) -> Result<()> {
+        let c = self.container(name)?.clone();
+        let chains = match self.state.policies.get(name) {
+            Some(p) => compile(p)?,
+            None => Vec::new(),
+        };
+        for (net, chain) in &chains {
+            self.dp
+                .maps
+                .policy
+                .set_chain(c.id, net.network(), net.prefix_len(), chain)?;
+        }
+        for (id, net, len) in self.dp.maps.policy.prefixes()? {
+            if id == c.id
+                && !chains
+                    .iter()
+                    .any(|(n, _)| n.network() == net && n.prefix_len() == len)
+            {
+                self.dp.maps.policy.remove_chain(id, net, len)?;
+            }
+        }
+        let info = self.endpoint_info(&c);
+        self.dp.maps.endpoints.insert(&info)
+    }
+
+    /// Makes `TG_LINKS` match the state.
+    pub fn sync_links(&mut self) -> Result<()> {
+        let want: BTreeSet<(u32, u32)> = self
+            .state
+            .links
+            .iter()
+            .filter_map(|(f, t)| {
+                Some((
+                    self.state.containers.get(f)?.id,
+                    self.state.containers.get(t)?.id,
+                ))
+            })
+            .collect();
+        for (f, t) in &want {
+            self.dp.maps.policy.set_link(*f, *t)?;
+        }
+        for (f, t) in self.dp.maps.policy.links()? {
+            if !want.contains(&(f, t)) {
+                self.dp.maps.policy.remove_link(f, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every policy chain of endpoint ids no container has.
+    pub fn sync_all_policies(&mut self) -> Result<()> {
+        let names: Vec<String> = self.state.containers.keys().cloned().collect();
+        for n in &names {
+            self.sync_policy(n)?;
+        }
+        let ids: BTreeSet<u32> = self.state.containers.values().map(|c| c.id).collect();
+        for (id, net, len) in self.dp.maps.policy.prefixes()? {
+            if !ids.contains(&id) {
+                self.dp.maps.policy.remove_chain(id, net, len)?;
+            }
+        }
+        self.sync_links()
+    }
+
+    fn apply_policy_change(&mut self, next: crate::state::State, name: &str) -> Result<()> {
+        let prev = std::mem::replace(&mut self.state, next);
+        let applied = self
+            .sync_policy(name)
+            .and_then(|_| self.sync_links())
+            .and_then(|_| self.save());
+        if let Err(e) = applied {
+            self.state = prev;
+            // Put the datapath back as it was; report the original error.
+            let _ = self.sync_policy(name);
+            let _ = self.sync_links();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn policy_link(&mut self, from: &str, to: &str, add: bool) -> Result<Value> {
+        self.container(from)?;
+        self.container(to)?;
+        if from == to {
+            bail!("a container always reaches itself; link two different containers");
+        }
+        let mut next = self.state.clone();
+        let key = (from.to_string(), to.to_string());
+        if add {
+            next.links.insert(key);
+        } else if !next.links.remove(&key) {
+            bail!("there is no link from {from} to {to}");
+        }
+        self.apply_policy_change(next, from)?;
+        Ok(json!({"from": from, "to": to, "linked": add}))
+    }
+
+    pub fn policy_egress(&mut self, name: &str, stance: &str) -> Result<Value> {
+        self.container(name)?;
+        let deny = match stance {
+            "allow" => false,
+            "deny" => true,
+            _ => bail!("egress stance must be allow or deny, not {stance:?}"),
+        };
+        let mut next = self.state.clone();
+        next.policies
+            .entry(name.to_string())
+            .or_default()
+            .egress_deny = deny;
+        self.apply_policy_change(next, name)?;
+        self.policy_list(name)
+    }
+
+    pub fn policy_rule(&mut self, name: &str, spec: &str, action: Option<Action>) -> Result<Value> {
+        self.container(name)?;
+        let m: Match = spec.parse()?;
+        let mut next = self.state.clone();
+        let p = next.policies.entry(name.to_string()).or_default();
+        match action {
+            Some(a) => {
+                p.rules.retain(|r| r.m != m);
+                p.rules.push(Rule { m, action: a });
+                compile(p)?;
+            }
+            None => {
+                let before = p.rules.len();
+                p.rules.retain(|r| r.m != m);
+                if p.rules.len() == before {
+                    bail!("container {name} has no rule {m} (see `tollgate policy list {name}`)");
+                }
+            }
+        }
+        self.apply_policy_change(next, name)?;
+        self.policy_list(name)
+    }
+
+    pub fn policy_list(&self, name: &str) -> Result<Value> {
+        self.container(name)?;
+        let p = self.state.policies.get(name).cloned().unwrap_or_default();
+        let links: Vec<&String> = self
+            .state
+            .links
+            .iter()
+            .filter(|(f, _)| f == name)
+            .map(|(_, t)| t)
+            .collect();
+        Ok(json!({
+            "container": name,
+            "egress": if p.egress_deny { "deny" } else { "allow" },
+            "icc": self.settings.icc,
+            "links": links,
+            "rules": p.rules.iter().map(rule_json).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(deny: bool, rules: &[(&str, Action)]) -> Policy {
+        Policy {
+            egress_deny: deny,
+            rules: rules
+                .iter()
+                .map(|(s, a)| Rule {
+                    m: s.parse().unwrap(),
+                    action: *a,
+                })
+                .collect(),
+        }
+    }
+
+    /// Evaluates a compiled policy the way the datapath does.
+    fn evaluate(p: &Policy, dst: Ipv4Addr, proto: u8, port: u16) -> Action {
+        let chains = compile(p).expect("compiles");
+        let best = chains
+            .iter()
+            .filter(|(n, _)| n.contains(&dst))
+            .max_by_key(|(n, _)| n.prefix_len());
+        if let Some((_, c)) = best {
+            for r in &c.rules[..c.len as usize] {
+                let proto_ok = r.proto == 0 || r.proto == proto;
+                let port_ok = r.port_lo == 0
+                    || (proto != proto::ICMP && (r.port_lo..=r.port_hi).contains(&port));
+                if proto_ok && port_ok {
+                    return if r.action == POLICY_ALLOW {
+                        Action::Allow
+                    } else {
+                        Action::Deny
+                    };
+                }
+            }
+        }
+        if p.egress_deny {
+            Action::Deny
+        } else {
+            Action::Allow
+        }
+    }
+
+    const TCP: u8 = proto::TCP;
+    const UDP: u8 = proto::UDP;
+
+    #[test]
+    fn parses_rule_specs() {
+        let m: Match = "10.0.0.0/8:80-90/tcp".parse().unwrap();
+        assert_eq!(m.net.to_string(), "10.0.0.0/8");
+        assert_eq!((m.ports, m.proto), (Some((80, 90)), Some(RuleProto::Tcp)));
+        let m: Match = "1.2.3.4".parse().unwrap();
+        assert_eq!(m.net.prefix_len(), 32);
+        let m: Match = "1.2.3.4/udp".parse().unwrap();
+        assert_eq!((m.net.prefix_len(), m.proto), (32, Some(RuleProto::Udp)));
+        assert_eq!(
+            "10.1.2.3/8".parse::<Match>().unwrap().net.to_string(),
+            "10.0.0.0/8"
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "x",
+            "10.0.0.0/8:0",
+            "10.0.0.0/8:99999",
+            "1.2.3.4/sctp",
+            "1.2.3.4:80/icmp",
+            "1.2.3.4:90-80",
+        ] {
+            assert!(bad.parse::<Match>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn longest_prefix_then_port_wins() {
+        let a = Ipv4Addr::new(10, 1, 2, 3);
+        let p = pol(
+            false,
+            &[
+                ("10.0.0.0/8", Action::Deny),
+                ("10.1.2.3/32:80/tcp", Action::Allow),
+            ],
+        );
+        assert_eq!(evaluate(&p, a, TCP, 80), Action::Allow);
+        assert_eq!(
+            evaluate(&p, a, TCP, 443),
+            Action::Deny,
+            "the /32 port rule does not match; the /8 deny does"
+        );
+        assert_eq!(
+            evaluate(&p, Ipv4Addr::new(8, 8, 8, 8), TCP, 80),
+            Action::Allow,
+            "default stance"
+        );
+        let p = pol(
+            false,
+            &[
+                ("192.168.0.0/16", Action::Deny),
+                ("192.168.5.2/32", Action::Allow),
+            ],
+        );
+        assert_eq!(
+            evaluate(&p, Ipv4Addr::new(192, 168, 5, 2), UDP, 53),
+            Action::Allow
+        );
+        let p = pol(
+            false,
+            &[
+                ("192.168.0.0/16", Action::Allow),
+                ("192.168.5.2/32", Action::Deny),
+            ],
+        );
+        assert_eq!(
+            evaluate(&p, Ipv4Addr::new(192, 168, 5, 2), UDP, 53),
+            Action::Deny
+        );
+        assert_eq!(
+            evaluate(&p, Ipv4Addr::new(192, 168, 5, 3), UDP, 53),
+            Action::Allow
+        );
+    }
+
+    #[test]
+    fn explicit_port_beats_same_prefix_and_proto_specificity() {
+        let d = Ipv4Addr::new(192, 168, 1, 1);
+        let p = pol(
+            true,
+            &[
+                ("192.168.1.0/24/udp", Action::Deny),
+                ("192.168.1.0/24:53", Action::Allow),
+            ],
+        );
+        assert_eq!(evaluate(&p, d, UDP, 53), Action::Allow);
+        assert_eq!(evaluate(&p, d, UDP, 54), Action::Deny);
+        assert_eq!(
+            evaluate(&p, d, TCP, 80),
+            Action::Deny,
+            "egress deny default"
+        );
+        let p = pol(true, &[("192.168.1.1:80/tcp", Action::Allow)]);
+        assert_eq!(evaluate(&p, d, TCP, 80), Action::Allow);
+        assert_eq!(evaluate(&p, d, TCP, 81), Action::Deny);
+        assert_eq!(evaluate(&p, d, UDP, 80), Action::Deny);
+    }
+
+    #[test]
+    fn chains_are_bounded() {
+        let specs: Vec<String> = (1..=17).map(|i| format!("10.0.0.0/8:{i}/tcp")).collect();
+        let p = Policy {
+            egress_deny: false,
+            rules: specs
+                .iter()
+                .map(|s| Rule {
+                    m: s.parse().unwrap(),
+                    action: Action::Allow,
+                })
+                .collect(),
+        };
+        assert!(compile(&p).is_err());
+    }
+}
