@@ -90,7 +90,14 @@ pub struct EpStats {
     pub drops: [u64; crate::drop::DROP_REASONS],
 }
 
-crate::impl_pod!(Endpoint, LinkKey, PolicyKey, PolicyRule, PolicyChain, EpStats);
+crate::impl_pod!(
+    Endpoint,
+    LinkKey,
+    PolicyKey,
+    PolicyRule,
+    PolicyChain,
+    EpStats
+);
 
 #[cfg(test)]
 mod tests {
@@ -101,7 +108,13 @@ mod tests {
         assert_eq!(size_of::<super::LinkKey>(), 8);
         assert_eq!(size_of::<super::PolicyKey>(), 8);
         assert_eq!(size_of::<super::PolicyRule>(), 8);
-        assert_eq!(size_of::<super::PolicyChain>(), 8 + 8 * super::POLICY_CHAIN_MAX);
-        assert_eq!(size_of::<super::EpStats>(), 32 + 8 * crate::drop::DROP_REASONS);
+        assert_eq!(
+            size_of::<super::PolicyChain>(),
+            8 + 8 * super::POLICY_CHAIN_MAX
+        );
+        assert_eq!(
+            size_of::<super::EpStats>(),
+            32 + 8 * crate::drop::DROP_REASONS
+        );
     }
 }

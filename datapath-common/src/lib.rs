@@ -15,6 +15,7 @@ pub mod drop;
 pub mod endpoint;
 pub mod maps;
 pub mod portmap;
+pub mod ratelimit;
 pub mod sock;
 pub mod stats;
 

@@ -18,6 +18,8 @@ pub const LINKS: &str = "TG_LINKS";
 pub const POLICY: &str = "TG_POLICY";
 /// Per-container counters: per-CPU array of `EpStats` indexed by endpoint id.
 pub const EP_STATS: &str = "TG_EP_STATS";
+/// Per-container token buckets: array of `RateLimit` indexed by endpoint id (rate 0 = none).
+pub const RATELIMIT: &str = "TG_RATELIMIT";
 /// Conntrack/NAT table: `CtKey` -> `CtEntry`, LRU.
 pub const CONNTRACK: &str = "TG_CT";
 /// Socket-level reverse NAT for node-originated traffic: `SockRevKey` -> `SockRevValue`, LRU.
@@ -45,6 +47,7 @@ pub const ALL: &[&str] = &[
     LINKS,
     POLICY,
     EP_STATS,
+    RATELIMIT,
     CONNTRACK,
     SOCK_REVNAT,
     CONFIG,
