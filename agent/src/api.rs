@@ -61,6 +61,18 @@ pub enum Request {
     PolicyList {
         container: String,
     },
+    LimitSet {
+        container: String,
+        egress: Option<String>,
+        ingress: Option<String>,
+        burst: Option<String>,
+    },
+    LimitClear {
+        container: String,
+    },
+    LimitShow {
+        container: Option<String>,
+    },
     Shutdown,
 }
 

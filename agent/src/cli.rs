@@ -43,6 +43,9 @@ pub enum Cmd {
     /// The NAT/conntrack table.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
+    /// Per-container rate limits (eBPF token buckets, no qdiscs).
+    #[command(subcommand)]
+    Limit(LimitCmd),
     /// ICC links and per-container egress policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -51,6 +54,9 @@ pub enum Cmd {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Refresh every second with per-second rates (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
     },
     /// Self-contained sandbox: two HTTP containers, port maps, a client, a live table.
     Demo(DemoArgs),
@@ -107,6 +113,9 @@ pub struct DaemonArgs {
     /// Idle timeout of ICMP echo conntrack entries, seconds.
     #[arg(long, default_value_t = datapath_common::config::CT_ICMP_S_DEFAULT)]
     pub ct_icmp_timeout: u32,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off by default.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// How often expired conntrack entries are removed, seconds.
     #[arg(long, default_value_t = 5)]
     pub ct_gc_interval: u64,
@@ -209,6 +218,29 @@ pub enum PolicyCmd {
     /// NAME's egress stance, links and rules.
     List {
         name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LimitCmd {
+    /// Limit NAME's egress (what it sends) and/or ingress (what it receives), e.g. 50mbit.
+    Set {
+        name: String,
+        #[arg(long)]
+        egress: Option<String>,
+        #[arg(long)]
+        ingress: Option<String>,
+        /// Bucket depth, e.g. 256kb (default: 20 ms at the rate, at least 64kb).
+        #[arg(long)]
+        burst: Option<String>,
+    },
+    /// Remove NAME's limits.
+    Clear { name: String },
+    /// Show limits (of NAME, or all).
+    Show {
+        name: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     api::{self, Request},
-    cli::{Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, PolicyCmd, PortCmd},
+    cli::{Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, LimitCmd, PolicyCmd, PortCmd},
     node::Settings,
     policy::Action,
     pool::Pool,
@@ -35,25 +35,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Port(p) => port(sock, p),
         Cmd::Conntrack(c) => conntrack(sock, c),
         Cmd::Policy(p) => policy(sock, p),
-        Cmd::Stats { name, json } => {
-            let v = api::call(
-                sock,
-                &Request::Stats {
-                    container: name.clone(),
-                },
-            )?;
-            if json {
-                print_json(&v);
-            } else {
-                let list = if name.is_some() {
-                    vec![v]
-                } else {
-                    v.as_array().cloned().unwrap_or_default()
-                };
-                print_stats(&list);
-            }
-            Ok(())
-        }
+        Cmd::Stats { name, json, watch } => stats(sock, name, json, watch),
+        Cmd::Limit(l) => limit(sock, l),
     }
 }
 
@@ -78,6 +61,7 @@ fn daemon(a: DaemonArgs, sock: &Path) -> Result<()> {
             icmp: a.ct_icmp_timeout,
         },
         ct_gc_interval: std::time::Duration::from_secs(a.ct_gc_interval.max(1)),
+        metrics: a.metrics,
     };
     // Enter the node namespace before any other thread exists: tokio's workers inherit it.
     if let Some(ns) = &a.netns {
@@ -449,4 +433,121 @@ fn print_stats(list: &[Value]) {
         ],
         rows,
     );
+}
+
+fn stats(sock: &Path, name: Option<String>, json: bool, watch: bool) -> Result<()> {
+    let fetch = || -> Result<Vec<Value>> {
+        let v = api::call(
+            sock,
+            &Request::Stats {
+                container: name.clone(),
+            },
+        )?;
+        Ok(if name.is_some() {
+            vec![v]
+        } else {
+            v.as_array().cloned().unwrap_or_default()
+        })
+    };
+    if !watch {
+        let list = fetch()?;
+        if json {
+            print_json(&if name.is_some() {
+                list[0].clone()
+            } else {
+                Value::Array(list)
+            });
+        } else {
+            print_stats(&list);
+        }
+        return Ok(());
+    }
+    let mut prev = fetch()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let cur = fetch()?;
+        if json {
+            println!("{}", serde_json::to_string(&cur)?);
+        } else {
+            print!("\x1b[2J\x1b[H");
+            print_stats(&cur);
+            println!();
+            let rate = |c: &Value, k: &str| {
+                let before = prev
+                    .iter()
+                    .find(|p| p["container"] == c["container"])
+                    .map(|p| p[k].as_u64().unwrap_or(0))
+                    .unwrap_or(0);
+                c[k].as_u64().unwrap_or(0).saturating_sub(before)
+            };
+            let rows = cur
+                .iter()
+                .map(|c| {
+                    vec![
+                        s(c, "container"),
+                        crate::limits::Rate(rate(c, "rx_bytes") * 8).to_string(),
+                        crate::limits::Rate(rate(c, "tx_bytes") * 8).to_string(),
+                        rate(c, "rx_packets").to_string(),
+                        rate(c, "tx_packets").to_string(),
+                    ]
+                })
+                .collect();
+            table(&["CONTAINER", "RX/s", "TX/s", "RX_PPS", "TX_PPS"], rows);
+        }
+        prev = cur;
+    }
+}
+
+fn limit(sock: &Path, l: LimitCmd) -> Result<()> {
+    match l {
+        LimitCmd::Set {
+            name,
+            egress,
+            ingress,
+            burst,
+        } => {
+            api::call(
+                sock,
+                &Request::LimitSet {
+                    container: name,
+                    egress,
+                    ingress,
+                    burst,
+                },
+            )?;
+        }
+        LimitCmd::Clear { name } => {
+            api::call(sock, &Request::LimitClear { container: name })?;
+        }
+        LimitCmd::Show { name, json } => {
+            let v = api::call(
+                sock,
+                &Request::LimitShow {
+                    container: name.clone(),
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                let list = if name.is_some() {
+                    vec![v]
+                } else {
+                    v.as_array().cloned().unwrap_or_default()
+                };
+                let rows = list
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            s(l, "container"),
+                            s(l, "egress"),
+                            s(l, "ingress"),
+                            s(l, "burst_bytes"),
+                        ]
+                    })
+                    .collect();
+                table(&["CONTAINER", "EGRESS", "INGRESS", "BURST_BYTES"], rows);
+            }
+        }
+    }
+    Ok(())
 }

@@ -195,6 +195,7 @@ impl Node {
         let applied: Result<()> = async {
             c.host_ifindex = self.plumb(&c).await?;
             self.dp.maps.stats.reset_endpoint(id)?;
+            self.dp.maps.ratelimit.set(id, Default::default())?;
             self.activate(&c)?;
             let mut next = self.state.clone();
             next.containers.insert(name.to_string(), c.clone());
@@ -220,11 +221,13 @@ impl Node {
         next.containers.remove(name);
         next.ports.remove(name);
         next.policies.remove(name);
+        next.limits.remove(name);
         next.links.retain(|(f, t)| f != name && t != name);
         self.commit(next)?;
         self.unpublish(&maps)?;
-        // Its links and policy chains go with it (ids are reused by later containers).
+        // Its links, policy chains and limits go with it (ids are reused by later containers).
         self.sync_links()?;
+        self.dp.maps.ratelimit.set(c.id, Default::default())?;
         for (id, net, len) in self.dp.maps.policy.prefixes()? {
             if id == c.id {
                 self.dp.maps.policy.remove_chain(id, net, len)?;

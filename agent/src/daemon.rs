@@ -58,8 +58,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     info!(socket = %socket.display(), "tollgate daemon ready");
 
     let gc_every = node.settings.ct_gc_interval;
+    let metrics = node.settings.metrics;
     let node = Arc::new(Mutex::new(node));
     spawn_conntrack_gc(node.clone(), gc_every);
+    if let Some(addr) = metrics {
+        crate::metrics::serve(addr, node.clone()).await?;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -132,6 +136,14 @@ async fn handle(n: &mut Node, req: Request) -> Result<serde_json::Value> {
             action,
         } => n.policy_rule(&container, &spec, action),
         Request::PolicyList { container } => n.policy_list(&container),
+        Request::LimitSet {
+            container,
+            egress,
+            ingress,
+            burst,
+        } => n.limit_set(&container, egress, ingress, burst),
+        Request::LimitClear { container } => n.limit_clear(&container),
+        Request::LimitShow { container } => n.limit_show(container.as_deref()),
         Request::Shutdown => unreachable!("handled by serve"),
     }
 }

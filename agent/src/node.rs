@@ -37,6 +37,7 @@ pub struct Settings {
     pub ct: CtTimeouts,
     /// How often the conntrack GC removes expired entries.
     pub ct_gc_interval: std::time::Duration,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Conntrack idle timeouts, in seconds.

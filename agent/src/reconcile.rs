@@ -150,6 +150,10 @@ impl Node {
         self.sync_portmaps()?;
 
         self.sync_all_policies()?;
+        let names: Vec<String> = self.state.containers.keys().cloned().collect();
+        for n in &names {
+            self.sync_limit(n)?;
+        }
         // Last: socket hooks act only once every map they read is filled.
         attach::attach_sock(&self.pins, &mut self.dp.sock)?;
         info!(

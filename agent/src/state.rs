@@ -58,6 +58,9 @@ pub struct State {
     /// Egress policy by container name (absent: allow everything, no rules).
     #[serde(default)]
     pub policies: BTreeMap<String, crate::policy::Policy>,
+    /// Rate limits by container name.
+    #[serde(default)]
+    pub limits: BTreeMap<String, crate::limits::Limit>,
 }
 
 impl State {

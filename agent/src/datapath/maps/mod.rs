@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod endpoints;
 pub mod policy;
 pub mod portmap;
+pub mod ratelimit;
 pub mod stats;
 
 use std::net::Ipv4Addr;
@@ -19,6 +20,7 @@ pub use conntrack::ConntrackTable;
 pub use endpoints::EndpointTable;
 pub use policy::PolicyTable;
 pub use portmap::PortMapTable;
+pub use ratelimit::RateLimitTable;
 pub use stats::StatsTable;
 
 pub struct Maps {
@@ -28,6 +30,7 @@ pub struct Maps {
     pub config: ConfigTable,
     pub policy: PolicyTable,
     pub stats: StatsTable,
+    pub ratelimit: RateLimitTable,
 }
 
 impl Maps {
@@ -46,6 +49,7 @@ impl Maps {
             config: ConfigTable::new(take(ebpf, names::CONFIG)?)?,
             policy: PolicyTable::new(take(ebpf, names::LINKS)?, take(ebpf, names::POLICY)?)?,
             stats: StatsTable::new(take(ebpf, names::EP_STATS)?, take(ebpf, names::COUNTERS)?)?,
+            ratelimit: RateLimitTable::new(take(ebpf, names::RATELIMIT)?)?,
         })
     }
 }

@@ -1,0 +1,230 @@
+//! `limit set/clear/show`: per-container rate limits, written to `TG_RATELIMIT` (token buckets
+//! policed by the datapath: egress in `from_container`, ingress in `to_container`).
+
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+use datapath_common::ratelimit::{default_burst, RateLimit, TokenBucket};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::node::Node;
+
+/// A container's limits; rates in bits/s, burst in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    pub egress: Option<u64>,
+    pub ingress: Option<u64>,
+    pub burst: Option<u64>,
+}
+
+impl Limit {
+    pub fn buckets(&self) -> RateLimit {
+        let bucket = |rate: Option<u64>| match rate {
+            Some(r) => TokenBucket::new(r, self.burst.unwrap_or(default_burst(r))),
+            None => TokenBucket::default(),
+        };
+        RateLimit {
+            egress: bucket(self.egress),
+            ingress: bucket(self.ingress),
+        }
+    }
+}
+
+/// Parses a tc-style rate: `500kbit`, `50mbit`, `1gbit`, `1.5gbit`, `100mbps` (bytes/s).
+pub fn parse_rate(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad rate {s:?} (e.g. 500kbit, 50mbit, 1gbit)"))?;
+    let mult: f64 = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        "" => bail!("rate {s:?} needs a unit (kbit, mbit, gbit, or kbps/mbps for bytes)"),
+        _ => bail!("unknown rate unit {unit:?} in {s:?} (use bit, kbit, mbit, gbit, bps, kbps, mbps, gbps)"),
+    };
+    let bits = n * mult;
+    if !(bits >= 8.0) || bits > 1e12 {
+        bail!("rate {s:?} is out of range (8bit to 1tbit)");
+    }
+    Ok(bits as u64)
+}
+
+/// Parses a size: `64kb`, `1mb`, `1500b`, `2m` (k = 1024, as tc does).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad size {s:?} (e.g. 64kb, 1mb)"))?;
+    let mult = match unit {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => bail!("unknown size unit {unit:?} in {s:?} (use b, kb, mb, gb)"),
+    };
+    let v = n.checked_mul(mult).context("size overflows")?;
+    if !(1500..=(1u64 << 32)).contains(&v) {
+        bail!("burst {s:?} is out of range (1500 bytes to 4gb)");
+    }
+    Ok(v)
+}
+
+pub struct Rate(pub u64);
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0 as f64;
+        for (d, u) in [(1e9, "gbit"), (1e6, "mbit"), (1e3, "kbit")] {
+            if r >= d {
+                let v = r / d;
+                return if v.fract() == 0.0 {
+                    write!(f, "{v}{u}")
+                } else {
+                    write!(f, "{v:.2}{u}")
+                };
+            }
+        }
+        write!(f, "{}bit", self.0)
+    }
+}
+
+fn limit_json(name: &str, l: &Limit) -> Value {
+    let b = |r: Option<u64>| r.map(|r| l.burst.unwrap_or(default_burst(r)));
+    json!({
+        "container": name,
+        "egress_bps": l.egress,
+        "ingress_bps": l.ingress,
+        "egress": l.egress.map(|r| Rate(r).to_string()),
+        "ingress": l.ingress.map(|r| Rate(r).to_string()),
+        "burst_bytes": b(l.egress).or(b(l.ingress)),
+    })
+}
+
+impl Node {
+    /// Writes a container's buckets (full) to the datapath.
+    pub fn sync_limit(&mut self, name: &str) -> Result<()> {
+        let id = self.container(name)?.id;
+        let l = self.state.limits.get(name).copied().unwrap_or_default();
+        self.dp.maps.ratelimit.set(id, l.buckets())
+    }
+
+    pub fn limit_set(
+        &mut self,
+        name: &str,
+        egress: Option<String>,
+        ingress: Option<String>,
+        burst: Option<String>,
+    ) -> Result<Value> {
+        self.container(name)?;
+        if egress.is_none() && ingress.is_none() {
+            bail!("give --egress RATE and/or --ingress RATE (e.g. --egress 50mbit)");
+        }
+        let mut l = self.state.limits.get(name).copied().unwrap_or_default();
+        if let Some(e) = egress {
+            l.egress = Some(parse_rate(&e).context("--egress")?);
+        }
+        if let Some(i) = ingress {
+            l.ingress = Some(parse_rate(&i).context("--ingress")?);
+        }
+        if let Some(b) = burst {
+            l.burst = Some(parse_size(&b).context("--burst")?);
+        }
+        let mut next = self.state.clone();
+        next.limits.insert(name.to_string(), l);
+        self.apply_limit(next, name)?;
+        Ok(limit_json(name, &l))
+    }
+
+    pub fn limit_clear(&mut self, name: &str) -> Result<Value> {
+        self.container(name)?;
+        let mut next = self.state.clone();
+        if next.limits.remove(name).is_none() {
+            bail!("container {name} has no limits");
+        }
+        self.apply_limit(next, name)?;
+        Ok(json!({"container": name, "cleared": true}))
+    }
+
+    fn apply_limit(&mut self, next: crate::state::State, name: &str) -> Result<()> {
+        let prev = std::mem::replace(&mut self.state, next);
+        if let Err(e) = self.sync_limit(name).and_then(|_| self.save()) {
+            self.state = prev;
+            let _ = self.sync_limit(name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn limit_show(&self, name: Option<&str>) -> Result<Value> {
+        if let Some(n) = name {
+            self.container(n)?;
+            let l = self.state.limits.get(n).copied().unwrap_or_default();
+            return Ok(limit_json(n, &l));
+        }
+        Ok(Value::Array(
+            self.state
+                .limits
+                .iter()
+                .map(|(n, l)| limit_json(n, l))
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500kbit").unwrap(), 500_000);
+        assert_eq!(parse_rate("50mbit").unwrap(), 50_000_000);
+        assert_eq!(parse_rate("1gbit").unwrap(), 1_000_000_000);
+        assert_eq!(parse_rate("1.5gbit").unwrap(), 1_500_000_000);
+        assert_eq!(parse_rate("10mbps").unwrap(), 80_000_000);
+        assert_eq!(parse_rate("1GBIT").unwrap(), 1_000_000_000);
+        for bad in ["", "10", "abc", "10furlongs", "0mbit", "-5mbit", "2tbit"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Rate(50_000_000).to_string(), "50mbit");
+        assert_eq!(Rate(1_500_000_000).to_string(), "1.50gbit");
+        assert_eq!(Rate(500_000).to_string(), "500kbit");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64kb").unwrap(), 65_536);
+        assert_eq!(parse_size("1mb").unwrap(), 1_048_576);
+        assert_eq!(parse_size("1500").unwrap(), 1500);
+        for bad in ["", "1", "10parsecs", "5gb"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn buckets_from_limits() {
+        let l = Limit {
+            egress: Some(8_000_000),
+            ingress: None,
+            burst: Some(100_000),
+        };
+        let b = l.buckets();
+        assert_eq!(b.egress.rate, 1_000_000);
+        assert_eq!(b.egress.depth, 100_000 * 1_000_000_000);
+        assert_eq!(b.ingress.rate, 0, "no ingress limit");
+    }
+}
