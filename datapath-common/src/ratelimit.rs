@@ -26,10 +26,22 @@ impl TokenBucket {
     pub const fn new(rate_bits: u64, burst: u64) -> Self {
         let rate = rate_bits / 8;
         if rate == 0 {
-            return TokenBucket { rate: 0, depth: 0, fill_ns: 0, tokens: 0, last_ns: 0 };
+            return TokenBucket {
+                rate: 0,
+                depth: 0,
+                fill_ns: 0,
+                tokens: 0,
+                last_ns: 0,
+            };
         }
         let depth = burst.saturating_mul(NS_PER_S);
-        TokenBucket { rate, depth, fill_ns: depth / rate + 1, tokens: depth, last_ns: 0 }
+        TokenBucket {
+            rate,
+            depth,
+            fill_ns: depth / rate + 1,
+            tokens: depth,
+            last_ns: 0,
+        }
     }
 
     /// Refills for the time since the last call, then takes `len` bytes if there are enough
@@ -43,7 +55,9 @@ impl TokenBucket {
         if elapsed > self.fill_ns {
             elapsed = self.fill_ns;
         }
-        let mut t = self.tokens.saturating_add(elapsed.saturating_mul(self.rate));
+        let mut t = self
+            .tokens
+            .saturating_add(elapsed.saturating_mul(self.rate));
         if t > self.depth {
             t = self.depth;
         }
