@@ -209,3 +209,311 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Res
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the masquerade / policy tests.
+
+/// Like `tcp_request`, with a caller-chosen connect timeout (short for "must not connect").
+pub fn tcp_request_timeout(
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    msg: &str,
+    connect_timeout: Duration,
+) -> Result<String> {
+    let msg = msg.to_string();
+    in_ns(ns, move || {
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+        let mut c = TcpStream::connect_timeout(&addr, connect_timeout)
+            .with_context(|| format!("connect {addr}"))?;
+        c.set_read_timeout(Some(IO_TIMEOUT))?;
+        c.write_all(msg.as_bytes())?;
+        c.shutdown(std::net::Shutdown::Write)?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)
+            .with_context(|| format!("reading from {addr}"))?;
+        Ok(out)
+    })
+}
+
+/// The address in a `tcp_echo`/`udp_echo` answer (`<tag> peer=<ip>:<port> ...`).
+pub fn answer_peer(answer: &str) -> Result<SocketAddrV4> {
+    let p = answer
+        .split("peer=")
+        .nth(1)
+        .with_context(|| format!("no peer in {answer:?}"))?;
+    let p = p.split_whitespace().next().unwrap_or_default();
+    p.parse()
+        .with_context(|| format!("bad peer {p:?} in {answer:?}"))
+}
+
+/// What a recorder saw: (source address, payload) per packet.
+pub type Seen = Arc<std::sync::Mutex<Vec<(SocketAddrV4, Vec<u8>)>>>;
+
+/// A server thread plus what it recorded.
+pub struct Recorder {
+    pub seen: Seen,
+    _server: Server,
+}
+
+impl Recorder {
+    pub fn snapshot(&self) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// UDP sink in `ns` on `port`: records every datagram (source, payload), answers nothing.
+pub fn udp_sink(ns: &str, port: u16) -> Result<Recorder> {
+    let seen: Seen = Default::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, path, seen2) = (stop.clone(), format!("/run/netns/{ns}"), seen.clone());
+    let handle = std::thread::spawn(move || {
+        let sock = match enter(&path).and_then(|_| {
+            let s = UdpSocket::bind(("0.0.0.0", port)).context("bind")?;
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            Ok(s)
+        }) {
+            Ok(s) => {
+                let _ = tx.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let mut buf = [0u8; 2048];
+        while !s2.load(Ordering::SeqCst) {
+            if let Ok((n, SocketAddr::V4(peer))) = sock.recv_from(&mut buf) {
+                seen2.lock().unwrap().push((peer, buf[..n].to_vec()));
+            }
+        }
+    });
+    rx.recv().context("sink thread died")??;
+    Ok(Recorder {
+        seen,
+        _server: Server {
+            stop,
+            handle: Some(handle),
+        },
+    })
+}
+
+/// Raw ICMP listener in `ns`: records the source address and the ICMP header+payload of every
+/// ICMP packet the namespace receives (the kernel still answers echo requests itself).
+/// The recorded port is the echo identifier for echo messages, 0 otherwise.
+pub fn icmp_sink(ns: &str) -> Result<Recorder> {
+    let seen: Seen = Default::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, path, seen2) = (stop.clone(), format!("/run/netns/{ns}"), seen.clone());
+    let handle = std::thread::spawn(move || {
+        let fd = match enter(&path).and_then(|_| {
+            // SAFETY: plain socket(2) call; the fd is owned below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("raw ICMP socket");
+            }
+            // SAFETY: fd is a fresh socket we own.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
+            // SAFETY: valid socket and option buffer.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            Ok(fd)
+        }) {
+            Ok(fd) => {
+                let _ = tx.send(Ok(()));
+                fd
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let mut buf = [0u8; 2048];
+        while !s2.load(Ordering::SeqCst) {
+            // SAFETY: reading into a buffer we own.
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 20 {
+                continue;
+            }
+            let pkt = &buf[..n as usize];
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            if pkt.len() < ihl + 8 {
+                continue;
+            }
+            let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+            let icmp = &pkt[ihl..];
+            let id = if icmp[0] == 8 || icmp[0] == 0 {
+                u16::from_be_bytes([icmp[4], icmp[5]])
+            } else {
+                0
+            };
+            seen2
+                .lock()
+                .unwrap()
+                .push((SocketAddrV4::new(src, id), icmp.to_vec()));
+        }
+    });
+    rx.recv().context("icmp sink thread died")??;
+    Ok(Recorder {
+        seen,
+        _server: Server {
+            stop,
+            handle: Some(handle),
+        },
+    })
+}
+
+/// `ping -c1 -W2` from `ns` (iputils); true when an answer came back.
+pub fn ping(ns: &str, ip: Ipv4Addr) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-c1", "-W2"])
+        .arg(ip.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Sends `count` datagrams from `ns`, from a socket bound to `src` (port 0 = any), to `dst`.
+pub fn udp_send_from(
+    ns: &str,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    msg: &str,
+    count: usize,
+) -> Result<()> {
+    let msg = msg.to_string();
+    in_ns(ns, move || {
+        let s = UdpSocket::bind(src).with_context(|| format!("bind {src}"))?;
+        for _ in 0..count {
+            s.send_to(msg.as_bytes(), dst)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to `want` (capped at the hard limit);
+/// returns the limit in force.
+pub fn raise_nofile(want: u64) -> Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit");
+    }
+    let target = want.min(r.rlim_max as u64);
+    if (r.rlim_cur as u64) < target {
+        r.rlim_cur = target as libc::rlim_t;
+        // SAFETY: valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit");
+        }
+    }
+    Ok(target.max(r.rlim_cur as u64))
+}
+
+/// A TCP echo server for many concurrent connections: one thread, `poll(2)` over every
+/// connection, no greeting; records each accepted peer address.
+pub fn tcp_mass_echo(ns: &str, port: u16) -> Result<Recorder> {
+    let seen: Seen = Default::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, path, seen2) = (stop.clone(), format!("/run/netns/{ns}"), seen.clone());
+    let handle = std::thread::spawn(move || {
+        let l = match enter(&path).and_then(|_| {
+            let l = TcpListener::bind(("0.0.0.0", port)).context("bind")?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        }) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let mut conns: Vec<TcpStream> = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !s2.load(Ordering::SeqCst) {
+            let mut fds: Vec<libc::pollfd> = std::iter::once(l.as_raw_fd())
+                .chain(conns.iter().map(|c| c.as_raw_fd()))
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: fds is a valid array of pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+            if n <= 0 {
+                continue;
+            }
+            let mut closed = Vec::new();
+            for (i, p) in fds.iter().enumerate().skip(1) {
+                if p.revents == 0 {
+                    continue;
+                }
+                let c = &mut conns[i - 1];
+                match c.read(&mut buf) {
+                    Ok(0) => closed.push(i - 1),
+                    Ok(k) => {
+                        let _ = c.set_nonblocking(false);
+                        if c.write_all(&buf[..k]).is_err() {
+                            closed.push(i - 1);
+                        }
+                        let _ = c.set_nonblocking(true);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => closed.push(i - 1),
+                }
+            }
+            for i in closed.into_iter().rev() {
+                conns.swap_remove(i);
+            }
+            if fds[0].revents != 0 {
+                while let Ok((c, peer)) = l.accept() {
+                    let _ = c.set_nonblocking(true);
+                    if let SocketAddr::V4(p) = peer {
+                        seen2.lock().unwrap().push((p, Vec::new()));
+                    }
+                    conns.push(c);
+                }
+            }
+        }
+    });
+    rx.recv().context("server thread died")??;
+    Ok(Recorder {
+        seen,
+        _server: Server {
+            stop,
+            handle: Some(handle),
+        },
+    })
+}

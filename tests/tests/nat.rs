@@ -1,0 +1,598 @@
+//! Outbound masquerade and conntrack end to end: containers talk to the "outside" (the client
+//! namespace), which must see the node's uplink address; the conntrack table is observed and
+//! managed through the real CLI.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tollgate_tests::*;
+
+macro_rules! sandbox {
+    ($name:expr) => {{
+        if !can_run() {
+            return;
+        }
+        Sandbox::new($name).expect("sandbox")
+    }};
+    ($name:expr, $flags:expr) => {{
+        if !can_run() {
+            return;
+        }
+        Sandbox::with_flags($name, $flags).expect("sandbox")
+    }};
+}
+
+fn ip_of(ep: &Value) -> Ipv4Addr {
+    let s = ep
+        .as_str()
+        .unwrap_or_else(|| panic!("not an ip:port string: {ep}"));
+    s.parse::<SocketAddrV4>()
+        .unwrap_or_else(|_| panic!("not an ip:port string: {s:?}"))
+        .ip()
+        .to_owned()
+}
+
+fn conntrack(sb: &Sandbox) -> Vec<Value> {
+    sb.json(&["conntrack", "list"])
+        .as_array()
+        .expect("conntrack list --json is an array")
+        .clone()
+}
+
+/// Entries that involve `ip` in any of their four tuples.
+fn entries_of(sb: &Sandbox, ip: Ipv4Addr) -> Vec<Value> {
+    conntrack(sb)
+        .into_iter()
+        .filter(|e| {
+            ["src", "dst", "translated_src", "translated_dst"]
+                .iter()
+                .any(|k| ip_of(&e[*k]) == ip)
+        })
+        .collect()
+}
+
+fn has_flag(e: &Value, f: &str) -> bool {
+    e["flags"]
+        .as_array()
+        .map(|a| a.iter().any(|x| x == f))
+        .unwrap_or(false)
+}
+
+/// The original-direction entry of `proto` from `src_ip` to `dst`.
+fn original_entry(sb: &Sandbox, proto: &str, src_ip: Ipv4Addr, dst_ip: Ipv4Addr) -> Option<Value> {
+    conntrack(sb).into_iter().find(|e| {
+        e["proto"] == proto
+            && e["direction"] == "original"
+            && ip_of(&e["src"]) == src_ip
+            && ip_of(&e["dst"]) == dst_ip
+    })
+}
+
+fn gateway_of(ip: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip) - 1)
+}
+
+#[test]
+fn tcp_to_the_outside_comes_from_the_node_ip() {
+    let sb = sandbox!("nat-tcp");
+    let (_a, ns, a_ip) = sb.container("a");
+    let _srv = tcp_echo(&sb.client, 80, "out").unwrap();
+
+    let ans = tcp_request(&ns, sb.client_ip, 80, "hello out").unwrap();
+    assert!(
+        ans.starts_with("out peer=") && ans.ends_with("hello out"),
+        "{ans}"
+    );
+    let peer = answer_peer(&ans).unwrap();
+    assert_eq!(
+        *peer.ip(),
+        sb.uplink_ip,
+        "the outside peer must see the node's uplink IP, not the container's {a_ip}"
+    );
+
+    let e = original_entry(&sb, "tcp", a_ip, sb.client_ip)
+        .unwrap_or_else(|| panic!("no tcp conntrack entry from {a_ip}: {:?}", conntrack(&sb)));
+    assert_eq!(ip_of(&e["translated_src"]), sb.uplink_ip, "{e}");
+    assert_eq!(
+        e["translated_src"].as_str().unwrap(),
+        peer.to_string(),
+        "conntrack shows the translated source the peer saw: {e}"
+    );
+    assert!(has_flag(&e, "masq"), "{e}");
+    assert_eq!(e["dst"], format!("{}:80", sb.client_ip), "{e}");
+    // Several connections at once stay apart.
+    for i in 0..5 {
+        let ans = tcp_request(&ns, sb.client_ip, 80, &format!("n{i}")).unwrap();
+        assert!(ans.ends_with(&format!("n{i}")), "{ans}");
+        assert_eq!(*answer_peer(&ans).unwrap().ip(), sb.uplink_ip);
+    }
+}
+
+#[test]
+fn udp_to_the_outside_comes_from_the_node_ip() {
+    let sb = sandbox!("nat-udp");
+    let (_a, ns, a_ip) = sb.container("a");
+    let _srv = udp_echo(&sb.client, 53, "out").unwrap();
+    let client_ip = sb.client_ip;
+    // Two datagrams of one flow (same socket): same translated source both times.
+    let (a1, a2) = in_ns(&ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        Ok((
+            udp_exchange(&s, client_ip, 53, "one")?,
+            udp_exchange(&s, client_ip, 53, "two")?,
+        ))
+    })
+    .unwrap();
+    assert!(a1.starts_with("out peer=") && a1.ends_with("one"), "{a1}");
+    assert!(a2.ends_with("two"), "{a2}");
+    let (p1, p2) = (answer_peer(&a1).unwrap(), answer_peer(&a2).unwrap());
+    assert_eq!(
+        *p1.ip(),
+        sb.uplink_ip,
+        "the outside peer must see the node's uplink IP, not the container's {a_ip}"
+    );
+    assert_eq!(p1, p2, "one UDP flow keeps one translated source");
+    let e = original_entry(&sb, "udp", a_ip, sb.client_ip)
+        .unwrap_or_else(|| panic!("no udp conntrack entry from {a_ip}: {:?}", conntrack(&sb)));
+    assert_eq!(e["translated_src"].as_str().unwrap(), p1.to_string(), "{e}");
+    assert!(has_flag(&e, "masq"), "{e}");
+    assert!(e["packets"].as_u64().unwrap() >= 2, "{e}");
+}
+
+#[test]
+fn ping_to_the_outside_comes_from_the_node_ip() {
+    let sb = sandbox!("nat-icmp");
+    let (_a, ns, a_ip) = sb.container("a");
+    let sink = icmp_sink(&sb.client).unwrap();
+    assert!(
+        ping(&ns, sb.client_ip),
+        "ping from the container to the outside got no answer"
+    );
+    let requests: Vec<Ipv4Addr> = eventually(Duration::from_secs(2), || {
+        let r: Vec<Ipv4Addr> = sink
+            .snapshot()
+            .into_iter()
+            .filter(|(_, icmp)| icmp[0] == 8)
+            .map(|(src, _)| *src.ip())
+            .collect();
+        if r.is_empty() {
+            anyhow::bail!("no echo request seen");
+        }
+        Ok(r)
+    })
+    .unwrap();
+    assert!(
+        requests.iter().all(|ip| *ip == sb.uplink_ip),
+        "echo requests must come from the node's uplink IP {}, not {a_ip}: {requests:?}",
+        sb.uplink_ip
+    );
+    let e = original_entry(&sb, "icmp", a_ip, sb.client_ip)
+        .unwrap_or_else(|| panic!("no icmp conntrack entry from {a_ip}: {:?}", conntrack(&sb)));
+    assert_eq!(ip_of(&e["translated_src"]), sb.uplink_ip, "{e}");
+}
+
+#[test]
+fn udp_to_a_closed_outside_port_is_connection_refused() {
+    let sb = sandbox!("nat-unreach");
+    let (_a, ns, _) = sb.container("a");
+    let client_ip = sb.client_ip;
+    let got = in_ns(&ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect((client_ip, 9))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = [0u8; 64];
+        let mut last = String::new();
+        for _ in 0..4 {
+            if let Err(e) = s.send(b"anyone?") {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Ok(Ok(()));
+                }
+                last = format!("send: {e}");
+                continue;
+            }
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Ok(())),
+                Err(e) => last = format!("recv: {e} ({:?})", e.kind()),
+                Ok(n) => last = format!("unexpected answer of {n} bytes"),
+            }
+        }
+        Ok(Err(last))
+    })
+    .unwrap();
+    assert_eq!(
+        got,
+        Ok(()),
+        "the ICMP port unreachable must reach the container as ECONNREFUSED"
+    );
+}
+
+#[test]
+fn three_containers_4500_connections_to_one_outside_port() {
+    const PER: usize = 1500;
+    let sb = sandbox!("nat-many");
+    let limit = raise_nofile(20_000).unwrap();
+    assert!(
+        limit >= 10_000,
+        "RLIMIT_NOFILE {limit} too low for this test"
+    );
+    let srv = tcp_mass_echo(&sb.client, 7000).unwrap();
+    let ctrs: Vec<(String, String, Ipv4Addr)> =
+        ["a", "b", "c"].iter().map(|s| sb.container(s)).collect();
+    let started = Instant::now();
+    // `opened`: every worker holds its connections; `go`: start moving bytes.
+    let opened = Arc::new(Barrier::new(ctrs.len() + 1));
+    let go = Arc::new(Barrier::new(ctrs.len() + 1));
+    let client_ip = sb.client_ip;
+    let workers: Vec<_> = ctrs
+        .iter()
+        .map(|(_, ns, _)| {
+            let (ns, opened_b, go_b) = (ns.clone(), opened.clone(), go.clone());
+            std::thread::spawn(move || {
+                in_ns(&ns, move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let mut conns = Vec::with_capacity(PER);
+                    let mut errors = Vec::new();
+                    while conns.len() < PER && errors.len() < 20 && Instant::now() < deadline {
+                        match TcpStream::connect_timeout(
+                            &(client_ip, 7000).into(),
+                            Duration::from_secs(5),
+                        ) {
+                            Ok(c) => conns.push(c),
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
+                    let opened = conns.len();
+                    // Everybody holds everything open before the first byte moves.
+                    opened_b.wait();
+                    go_b.wait();
+                    let mut echoed = 0;
+                    for c in conns.iter_mut() {
+                        let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
+                        if c.write_all(b"x").is_err() {
+                            errors.push("write".into());
+                        }
+                    }
+                    for c in conns.iter_mut() {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                        let mut b = [0u8; 1];
+                        match c.read_exact(&mut b) {
+                            Ok(()) if b[0] == b'x' => echoed += 1,
+                            Ok(()) => errors.push("wrong byte".into()),
+                            Err(e) => errors.push(format!("read: {e}")),
+                        }
+                        if Instant::now() > deadline + Duration::from_secs(30) {
+                            break;
+                        }
+                    }
+                    errors.truncate(5);
+                    Ok((opened, echoed, errors))
+                })
+            })
+        })
+        .collect();
+    // Checks while all connections are open; asserted after `go` so that a failure does not
+    // leave the workers waiting.
+    opened.wait();
+    let accepted = eventually(Duration::from_secs(15), || {
+        let n = srv.snapshot().len();
+        if n < ctrs.len() * PER {
+            anyhow::bail!("{n} accepted");
+        }
+        Ok(n)
+    });
+    let seen = srv.snapshot();
+    let open_entries = sb
+        .tg(&["conntrack", "list", "--json"])
+        .stdout
+        .matches("\"original\"")
+        .count();
+    go.wait();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    for (r, (name, _, _)) in results.iter().zip(&ctrs) {
+        let (opened, echoed, errors) = r.as_ref().unwrap();
+        assert_eq!(
+            *opened, PER,
+            "{name}: only {opened} of {PER} connections opened: {errors:?}"
+        );
+        assert_eq!(
+            *echoed, PER,
+            "{name}: only {echoed} of {PER} echoed: {errors:?}"
+        );
+    }
+    accepted.expect("the outside server accepted every connection");
+    let foreign: Vec<_> = seen
+        .iter()
+        .filter(|(p, _)| *p.ip() != sb.uplink_ip)
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "the server saw non-node sources: {:?}",
+        &foreign[..foreign.len().min(5)]
+    );
+    let mut ports: Vec<u16> = seen.iter().map(|(p, _)| p.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(
+        ports.len(),
+        ctrs.len() * PER,
+        "every connection has its own translated source port"
+    );
+    assert!(
+        open_entries >= ctrs.len() * PER,
+        "conntrack lists only {open_entries} original-direction entries for {} open connections",
+        ctrs.len() * PER
+    );
+    let st = sb.json(&["stats"]);
+    for s in st.as_array().unwrap() {
+        assert_eq!(s["drops"]["nat_exhausted"], 0, "{s}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn udp_entries_expire_after_their_timeout() {
+    let sb = sandbox!(
+        "nat-expire",
+        &[
+            "--ct-udp-timeout",
+            "2",
+            "--ct-gc-interval",
+            "1",
+            "--conntrack-max",
+            "4096",
+        ]
+    );
+    let (_a, ns, a_ip) = sb.container("a");
+    let _srv = udp_echo(&sb.client, 53, "out").unwrap();
+    let ans = udp_request(&ns, sb.client_ip, 53, 0, "tick").unwrap();
+    assert!(ans.ends_with("tick"), "{ans}");
+    let sent = Instant::now();
+    let present = entries_of(&sb, a_ip);
+    assert!(
+        !present.is_empty(),
+        "a UDP flow must show in conntrack right after the datagram"
+    );
+    for e in &present {
+        assert!(e["idle_secs"].as_u64().unwrap() <= 1, "{e}");
+    }
+    let st = sb.json(&["status"]);
+    assert_eq!(st["conntrack"]["max"], 4096, "{st}");
+    assert!(
+        st["conntrack"]["entries"].as_u64().unwrap() >= present.len() as u64,
+        "{st}"
+    );
+    assert!(st["conntrack"]["created"].as_u64().unwrap() >= 1, "{st}");
+    eventually(Duration::from_secs(6), || {
+        let left = entries_of(&sb, a_ip);
+        if !left.is_empty() {
+            anyhow::bail!("still present after {:?}: {left:?}", sent.elapsed());
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "entries vanished after {:?}, before their 2 s timeout",
+        sent.elapsed()
+    );
+    let st = sb.json(&["status"]);
+    assert!(
+        st["conntrack"]["removed"].as_u64().unwrap() >= present.len() as u64,
+        "expired entries are counted as removed: {st}"
+    );
+    // The flow works again afterwards.
+    let ans = udp_request(&ns, sb.client_ip, 53, 0, "tock").unwrap();
+    assert!(ans.ends_with("tock"), "{ans}");
+}
+
+#[test]
+fn container_del_removes_its_entries() {
+    let sb = sandbox!("nat-del");
+    let (a, a_ns, a_ip) = sb.container("a");
+    let (_b, b_ns, b_ip) = sb.container("b");
+    let _u = udp_echo(&sb.client, 53, "out").unwrap();
+    let _t = tcp_echo(&sb.client, 80, "out").unwrap();
+    for ns in [&a_ns, &b_ns] {
+        udp_request(ns, sb.client_ip, 53, 0, "x").unwrap();
+        tcp_request(ns, sb.client_ip, 80, "x").unwrap();
+    }
+    assert!(!entries_of(&sb, a_ip).is_empty(), "{:?}", conntrack(&sb));
+    let b_before = entries_of(&sb, b_ip).len();
+    assert!(b_before > 0);
+    sb.ok(&["container", "del", &a]);
+    let left = entries_of(&sb, a_ip);
+    assert!(
+        left.is_empty(),
+        "entries of a deleted container remain: {left:?}"
+    );
+    assert_eq!(
+        entries_of(&sb, b_ip).len(),
+        b_before,
+        "another container's entries must stay"
+    );
+}
+
+#[test]
+fn masqueraded_tcp_flow_survives_kill9_and_restart() {
+    let mut sb = sandbox!("nat-kill");
+    let (_a, ns, _) = sb.container("a");
+    let _srv = tcp_echo(&sb.client, 80, "out").unwrap();
+    let ip = sb.client_ip;
+    // 2 MiB in 32 KiB chunks over ~2.5 s, echoed back and compared byte for byte.
+    let transfer = std::thread::spawn(move || {
+        in_ns(&ns, move || {
+            let mut c = TcpStream::connect((ip, 80))?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut ch = [0u8; 1];
+            let mut line = Vec::new();
+            while c.read(&mut ch)? == 1 && ch[0] != b'\n' {
+                line.push(ch[0]);
+            }
+            let reader = c.try_clone()?;
+            let rd = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+                let mut r = reader;
+                let mut all = Vec::new();
+                r.read_to_end(&mut all)?;
+                Ok(all)
+            });
+            let mut sent = Vec::new();
+            for i in 0..64u32 {
+                let chunk: Vec<u8> = (0..32768u32).map(|j| ((i * 7 + j) % 251) as u8).collect();
+                c.write_all(&chunk)?;
+                sent.extend_from_slice(&chunk);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            c.shutdown(std::net::Shutdown::Write)?;
+            let got = rd.join().unwrap()?;
+            Ok((String::from_utf8_lossy(&line).to_string(), sent, got))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    sb.kill_daemon();
+    std::thread::sleep(Duration::from_millis(600));
+    sb.start_daemon().unwrap();
+    let (greeting, sent, got) = transfer.join().unwrap().unwrap();
+    let peer = answer_peer(&greeting).unwrap();
+    assert_eq!(*peer.ip(), sb.uplink_ip, "{greeting}");
+    assert_eq!(got.len(), sent.len(), "bytes lost across kill -9 + restart");
+    assert!(got == sent, "echoed bytes differ");
+    let ns = format!("tg-{}", sb.cname("a"));
+    let ans = tcp_request(&ns, sb.client_ip, 80, "again").unwrap();
+    assert!(ans.ends_with("again"), "{ans}");
+    assert_eq!(*answer_peer(&ans).unwrap().ip(), sb.uplink_ip, "{ans}");
+}
+
+#[test]
+fn containers_see_each_other_unmasqueraded_with_icc() {
+    let sb = sandbox!("nat-icc", &["--icc"]);
+    let (_a, a_ns, a_ip) = sb.container("a");
+    let (_b, b_ns, b_ip) = sb.container("b");
+    let _t = tcp_echo(&b_ns, 80, "B").unwrap();
+    let _u = udp_echo(&b_ns, 53, "B").unwrap();
+    let ans = tcp_request(&a_ns, b_ip, 80, "hi b").unwrap();
+    assert!(ans.starts_with("B peer=") && ans.ends_with("hi b"), "{ans}");
+    assert_eq!(
+        *answer_peer(&ans).unwrap().ip(),
+        a_ip,
+        "container to container must keep the source IP"
+    );
+    let ans = udp_request(&a_ns, b_ip, 53, 0, "hi b").unwrap();
+    assert_eq!(*answer_peer(&ans).unwrap().ip(), a_ip, "{ans}");
+}
+
+#[test]
+fn node_addresses_see_the_container_ip() {
+    let sb = sandbox!("nat-node");
+    let (_a, a_ns, a_ip) = sb.container("a");
+    let _t = tcp_echo(&sb.node, 7070, "node").unwrap();
+    let _u = udp_echo(&sb.node, 7071, "node").unwrap();
+    for dst in [gateway_of(a_ip), sb.uplink_ip] {
+        let ans = tcp_request(&a_ns, dst, 7070, "hi node").unwrap();
+        assert!(ans.starts_with("node peer="), "{ans}");
+        assert_eq!(
+            *answer_peer(&ans).unwrap().ip(),
+            a_ip,
+            "traffic to the node's own address {dst} must not be masqueraded"
+        );
+        let ans = udp_request(&a_ns, dst, 7071, 0, "hi node").unwrap();
+        assert_eq!(*answer_peer(&ans).unwrap().ip(), a_ip, "via {dst}: {ans}");
+    }
+}
+
+#[test]
+fn conntrack_flush_name_removes_only_that_containers_entries() {
+    let sb = sandbox!("nat-flush");
+    let (a, a_ns, a_ip) = sb.container("a");
+    let (b, b_ns, b_ip) = sb.container("b");
+    let _u = udp_echo(&sb.client, 53, "out").unwrap();
+    for ns in [&a_ns, &b_ns] {
+        udp_request(ns, sb.client_ip, 53, 0, "x").unwrap();
+    }
+    assert!(!entries_of(&sb, a_ip).is_empty(), "{:?}", conntrack(&sb));
+    let b_before = entries_of(&sb, b_ip);
+    assert!(!b_before.is_empty(), "{:?}", conntrack(&sb));
+    sb.ok(&["conntrack", "flush", &a]);
+    assert!(
+        entries_of(&sb, a_ip).is_empty(),
+        "flush {a} left entries: {:?}",
+        entries_of(&sb, a_ip)
+    );
+    assert_eq!(
+        entries_of(&sb, b_ip).len(),
+        b_before.len(),
+        "flush {a} must not touch {b}'s entries"
+    );
+    // Traffic still flows after a flush (new entries).
+    let ans = udp_request(&a_ns, sb.client_ip, 53, 0, "after").unwrap();
+    assert!(ans.ends_with("after"), "{ans}");
+    assert!(!entries_of(&sb, a_ip).is_empty());
+    sb.ok(&["conntrack", "flush"]);
+    assert!(
+        entries_of(&sb, a_ip).is_empty() && entries_of(&sb, b_ip).is_empty(),
+        "flush without a name empties the table: {:?}",
+        conntrack(&sb)
+    );
+    let r = sb.tg(&["conntrack", "flush", "nosuch"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.starts_with("error:"), "{r:?}");
+}
+
+#[test]
+fn stats_count_a_containers_traffic() {
+    let sb = sandbox!("nat-stats");
+    let (a, a_ns, _) = sb.container("a");
+    let (b, _, _) = sb.container("b");
+    let _t = tcp_echo(&sb.client, 80, "out").unwrap();
+    let payload = "y".repeat(10_000);
+    let ans = tcp_request(&a_ns, sb.client_ip, 80, &payload).unwrap();
+    assert!(ans.ends_with(&payload));
+    let s = eventually(Duration::from_secs(2), || {
+        let s = sb.json(&["stats", &a]);
+        if s["tx_bytes"].as_u64().unwrap_or(0) < 10_000 {
+            anyhow::bail!("tx_bytes too low: {s}");
+        }
+        Ok(s)
+    })
+    .unwrap();
+    assert_eq!(s["container"], a.as_str(), "{s}");
+    assert!(s["tx_packets"].as_u64().unwrap() >= 3, "{s}");
+    assert!(s["rx_packets"].as_u64().unwrap() >= 3, "{s}");
+    assert!(s["rx_bytes"].as_u64().unwrap() >= 10_000, "{s}");
+    assert!(s["conntrack_entries"].as_u64().is_some(), "{s}");
+    for k in [
+        "no_mapping",
+        "internal",
+        "policy",
+        "icc",
+        "spoof",
+        "ratelimit",
+        "nat_exhausted",
+    ] {
+        assert_eq!(s["drops"][k], 0, "drops.{k}: {s}");
+    }
+    let all = sb.json(&["stats"]);
+    let all = all
+        .as_array()
+        .expect("stats --json without a name is an array");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all.iter().any(|x| x["container"] == b.as_str()),
+        "{b} missing from stats: {all:?}"
+    );
+    let st = sb.json(&["status"]);
+    for k in ["entries", "max", "created", "removed", "evicted"] {
+        assert!(
+            st["conntrack"][k].as_u64().is_some(),
+            "status conntrack.{k}: {st}"
+        );
+    }
+}
