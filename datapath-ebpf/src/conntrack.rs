@@ -2,18 +2,97 @@
 //! each keyed by the tuple as its packets arrive and saying how to rewrite them; either half
 //! can be rebuilt from the other (`reverse`), so a flow survives losing one half to LRU
 //! eviction, and a missing original half is recreated from `TG_PORTMAP` by the hooks.
+//!
+//! Expiry: an entry idle for longer than its timeout (`Config.ct_*_s`, by protocol and TCP
+//! state) is treated as absent by `lookup_live` and overwritten when its tuple is used again;
+//! deleting it is the agent's GC's job, never the datapath's. Both halves of a flow share one
+//! idle clock (`touch` refreshes both), so neither half expires while the other is in use.
+//!
+//! Every half this module creates (not overwrites) is counted in `CNT_CT_CREATED`; with the
+//! agent's `CNT_CT_REMOVED` and the current size that gives the LRU evictions.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
 use datapath_common::{
-    conntrack::{CtEntry, CtKey, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SNAT},
+    config::Config,
+    conntrack::{
+        CtEntry, CtKey, CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SEEN_REPLY, CT_SNAT,
+    },
     drop::DropReason,
+    proto,
+    stats::CNT_CT_CREATED,
 };
 
-use crate::{maps::TG_CT, packet::Packet};
+use crate::{config, maps::TG_CT, packet::Packet, verdict};
 
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     TG_CT.get_ptr_mut(key)
+}
+
+/// Idle timeout of entry `e` of a `proto` flow, in nanoseconds.
+#[inline(always)]
+fn timeout_ns(flags: u32, proto: u8, cfg: &Config) -> u64 {
+    let s = match proto {
+        proto::TCP if flags & CT_CLOSING != 0 => config::tcp_close_s(cfg),
+        proto::TCP if flags & CT_SEEN_REPLY == 0 => config::tcp_syn_s(cfg),
+        proto::TCP => config::tcp_est_s(cfg),
+        proto::UDP => config::udp_s(cfg),
+        _ => config::icmp_s(cfg),
+    };
+    u64::from(s) * 1_000_000_000
+}
+
+/// Whether `e` has been idle for longer than its timeout.
+#[inline(always)]
+pub fn expired(e: *mut CtEntry, proto: u8, cfg: &Config, now: u64) -> bool {
+    // SAFETY: `e` came from a lookup in this program run; plain reads.
+    let (flags, last) = unsafe { ((*e).flags, (*e).last_seen_ns) };
+    now.saturating_sub(last) > timeout_ns(flags, proto, cfg)
+}
+
+/// The entry of `key`, unless it expired (an expired entry is as good as absent).
+#[inline(always)]
+pub fn lookup_live(key: &CtKey, cfg: &Config, now: u64) -> Option<*mut CtEntry> {
+    let e = lookup(key)?;
+    if expired(e, key.proto, cfg, now) {
+        None
+    } else {
+        Some(e)
+    }
+}
+
+/// Writes `e` at `key` (over whatever is there), counting it when the key was free.
+#[inline(always)]
+fn put(key: &CtKey, e: &CtEntry) -> Result<(), DropReason> {
+    let fresh = lookup(key).is_none();
+    TG_CT
+        .insert(key, e, u64::from(BPF_ANY))
+        .map_err(|_| DropReason::Internal)?;
+    if fresh {
+        verdict::count(CNT_CT_CREATED);
+    }
+    Ok(())
+}
+
+/// Takes `key` for `e` if no live entry holds it: the collision-free step of port allocation.
+/// `BPF_NOEXIST` makes two CPUs racing for the same free key agree on one winner; an expired
+/// holder is overwritten (that last step is not atomic, but the holder was idle for a whole
+/// timeout).
+#[inline(always)]
+pub fn claim(key: &CtKey, e: &CtEntry, cfg: &Config, now: u64) -> bool {
+    if TG_CT.insert(key, e, u64::from(BPF_NOEXIST)).is_ok() {
+        verdict::count(CNT_CT_CREATED);
+        return true;
+    }
+    match lookup(key) {
+        Some(old) if expired(old, key.proto, cfg, now) => {
+            TG_CT.insert(key, e, u64::from(BPF_ANY)).is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// Timestamps use `bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC: the agent must compare them with
@@ -39,11 +118,23 @@ pub fn reverse(key: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
     } else {
         (key.daddr, key.dport)
     };
+    // ICMP echo: both "ports" are the identifier, and a rewrite changes it on either side
+    // (the source side on the original half, the destination side on the reply half).
+    let (rsport, rdport) = if key.proto == proto::ICMP {
+        let id = if e.flags & CT_SNAT != 0 {
+            new_sport
+        } else {
+            new_dport
+        };
+        (id, id)
+    } else {
+        (new_dport, new_sport)
+    };
     let rkey = CtKey {
         saddr: new_daddr,
         daddr: new_saddr,
-        sport: new_dport,
-        dport: new_sport,
+        sport: rsport,
+        dport: rdport,
         proto: key.proto,
         _pad: [0; 3],
     };
@@ -72,7 +163,9 @@ pub fn reverse(key: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
 /// Whether two entries rewrite packets the same way (counters and timestamps aside).
 #[inline(always)]
 fn same_translation(a: &CtEntry, b: &CtEntry) -> bool {
-    a.flags == b.flags
+    // State bits (CT_CLOSING, CT_SEEN_REPLY) do not change how packets are rewritten.
+    const XLATE: u32 = CT_DNAT | CT_SNAT | CT_REPLY | CT_HAIRPIN | CT_MASQ;
+    a.flags & XLATE == b.flags & XLATE
         && a.nat_saddr == b.nat_saddr
         && a.nat_daddr == b.nat_daddr
         && a.nat_sport == b.nat_sport
@@ -90,9 +183,7 @@ pub fn ensure(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
             return Ok(p);
         }
     }
-    TG_CT
-        .insert(key, want, u64::from(BPF_ANY))
-        .map_err(|_| DropReason::Internal)?;
+    put(key, want)?;
     lookup(key).ok_or(DropReason::Internal)
 }
 
@@ -100,9 +191,7 @@ pub fn ensure(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
 /// returns pointers to that half and the other one.
 #[inline(always)]
 pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
-    TG_CT
-        .insert(key, e, u64::from(BPF_ANY))
-        .map_err(|_| DropReason::Internal)?;
+    put(key, e)?;
     let (rkey, r) = reverse(key, e);
     let other = ensure(&rkey, &r)?;
     // Looked up again after the second insert: with LRU, any insert may recycle a slot.
@@ -132,8 +221,23 @@ pub fn ensure_reverse(key: &CtKey, e: *mut CtEntry) -> Result<*mut CtEntry, Drop
     ensure(&rkey, &r)
 }
 
-/// Accounts one packet of `len` bytes on `e`; a TCP FIN/RST marks both halves closing so the
-/// agent may retire them early.
+/// Writes the original half `e` of a flow whose reply half (`rkey`) the caller already
+/// claimed; returns pointers to both.
+#[inline(always)]
+pub fn create_claimed(
+    key: &CtKey,
+    e: &CtEntry,
+    rkey: &CtKey,
+) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
+    put(key, e)?;
+    let other = lookup(rkey).ok_or(DropReason::Internal)?;
+    let this = lookup(key).ok_or(DropReason::Internal)?;
+    Ok((this, other))
+}
+
+/// Accounts one packet of `len` bytes on `e` and refreshes both halves' idle clock; a packet
+/// through the reply half marks the flow answered (`CT_SEEN_REPLY`: TCP leaves the SYN
+/// timeout), a TCP FIN/RST marks both halves closing so they are retired early.
 #[inline(always)]
 pub fn touch(e: *mut CtEntry, other: *mut CtEntry, pkt: &Packet, len: u32, now: u64) {
     // SAFETY: both pointers come from lookups in this program run. Plain read-modify-writes:
@@ -141,8 +245,13 @@ pub fn touch(e: *mut CtEntry, other: *mut CtEntry, pkt: &Packet, len: u32, now: 
     // stay on one CPU (RSS/RPS hash by flow), so a lost update is rare and only skews stats.
     unsafe {
         (*e).last_seen_ns = now;
+        (*other).last_seen_ns = now;
         (*e).packets = (*e).packets.wrapping_add(1);
         (*e).bytes = (*e).bytes.wrapping_add(u64::from(len));
+        if (*e).flags & CT_REPLY != 0 && (*e).flags & CT_SEEN_REPLY == 0 {
+            (*e).flags |= CT_SEEN_REPLY;
+            (*other).flags |= CT_SEEN_REPLY;
+        }
         if pkt.closes_flow() {
             (*e).flags |= CT_CLOSING;
             (*other).flags |= CT_CLOSING;

@@ -1,9 +1,13 @@
 //! Tollgate's eBPF datapath: one object holding every program the agent attaches.
 //!
 //! A packet's journey reads as a path through the modules:
-//! - from outside: `hooks::from_uplink` -> `packet` -> `conntrack` -> `nat::dnat` -> `verdict`;
-//! - from a container: `hooks::from_container` -> `packet` -> `conntrack` -> `nat` (`rev_*` for
-//!   replies, `dnat`/`snat` for hairpin) -> `redirect` -> `verdict`;
+//! - from outside: `hooks::from_uplink` -> `packet` -> `nat::icmp` (errors about translated
+//!   flows) -> `conntrack` -> `nat::snat::rev_snat` (masquerade replies) | `nat::dnat` (port
+//!   maps) -> `verdict`;
+//! - from a container: `hooks::from_container` -> anti-spoofing -> `packet` -> `conntrack` ->
+//!   new flows: `policy` -> `nat::snat::masquerade` | `nat::dnat` (hairpin) | plain tracking;
+//!   then `nat` (`rev_*` for replies) -> `redirect` -> `verdict`;
+//! - to a container: `hooks::to_container` (accounting);
 //! - from node processes: `hooks::sock` rewrites socket addresses instead of packets.
 //!
 //! Nothing here keeps global variables: the agent reuses pinned programs across restarts, so
@@ -11,11 +15,13 @@
 #![no_std]
 #![no_main]
 
+mod config;
 mod conntrack;
 mod hooks;
 mod maps;
 mod nat;
 mod packet;
+mod policy;
 mod redirect;
 mod verdict;
 

@@ -3,15 +3,19 @@
 //! reopens them by that name). Sizes are defaults; the agent may override `max_entries` at load.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use datapath_common::{
     config::Config,
     conntrack::{CtEntry, CtKey},
-    endpoint::Endpoint,
-    maps::{CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, LOCAL_ADDRS_MAX, PORTMAP_MAX, SOCK_REVNAT_MAX},
+    endpoint::{Endpoint, EpStats, LinkKey, PolicyChain, PolicyKey},
+    maps::{
+        CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, LINKS_MAX, LOCAL_ADDRS_MAX, POLICY_MAX, PORTMAP_MAX,
+        SOCK_REVNAT_MAX,
+    },
     portmap::{PortKey, PortValue},
+    ratelimit::RateLimit,
     sock::{SockRevKey, SockRevValue},
     stats::CNT_MAX,
 };
@@ -32,6 +36,30 @@ pub static TG_LOCAL_ADDRS: HashMap<u32, u32, { LOCAL_ADDRS_MAX as usize }> = Has
 #[btf_map]
 pub static TG_ENDPOINTS: HashMap<u32, Endpoint, { ENDPOINTS_MAX as usize }> = HashMap::new();
 
+/// Containers by host veth ifindex. Agent writes; `from_container` (anti-spoofing, policy,
+/// stats) and `to_container` (stats) read.
+#[btf_map]
+pub static TG_EP_BY_IF: HashMap<u32, Endpoint, { ENDPOINTS_MAX as usize }> = HashMap::new();
+
+/// ICC exceptions (`policy link`). Agent writes; `from_container` reads on new flows.
+#[btf_map]
+pub static TG_LINKS: HashMap<LinkKey, u32, { LINKS_MAX as usize }> = HashMap::new();
+
+/// Egress rules by (container, destination prefix). Agent writes; `from_container` reads on
+/// new flows (`policy`).
+#[btf_map]
+pub static TG_POLICY: LpmTrie<PolicyKey, PolicyChain, { POLICY_MAX as usize }> = LpmTrie::new();
+
+/// Per-container counters by endpoint id. The TC hooks write (`verdict`); the agent sums the
+/// CPUs.
+#[btf_map]
+pub static TG_EP_STATS: PerCpuArray<EpStats, { ENDPOINTS_MAX as usize }> = PerCpuArray::new();
+
+/// Per-container token buckets by endpoint id. Agent writes. Declared so the object holds
+/// every map of `datapath_common::maps::ALL`; no program polices yet.
+#[btf_map]
+pub static TG_RATELIMIT: Array<RateLimit, { ENDPOINTS_MAX as usize }> = Array::new();
+
 /// Conntrack/NAT. The TC hooks create, update and read it; the agent reads it and deletes a
 /// container's entries. LRU so a full table evicts idle flows instead of failing inserts.
 #[btf_map]
@@ -43,7 +71,7 @@ pub static TG_CT: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_DEFAULT as usize }>
 pub static TG_SOCK_RNAT: LruHashMap<SockRevKey, SockRevValue, { SOCK_REVNAT_MAX as usize }> =
     LruHashMap::new();
 
-/// `Config` at index 0. Agent writes; the socket hooks read.
+/// `Config` at index 0. Agent writes; every hook reads (`config::get`).
 #[btf_map]
 pub static TG_CONFIG: Array<Config, 1> = Array::new();
 
@@ -51,3 +79,6 @@ pub static TG_CONFIG: Array<Config, 1> = Array::new();
 /// the agent sums the CPUs.
 #[btf_map]
 pub static TG_COUNTERS: PerCpuArray<u64, { CNT_MAX as usize }> = PerCpuArray::new();
+
+/// The key type of `TG_POLICY` lookups.
+pub type PolicyLpmKey = Key<PolicyKey>;

@@ -1,4 +1,4 @@
-//! Bounds-checked parse of Ethernet / IPv4 / TCP|UDP. Headers are copied out with
+//! Bounds-checked parse of Ethernet / IPv4 / TCP|UDP|ICMP. Headers are copied out with
 //! `bpf_skb_load_bytes` (`ctx.load`), which checks bounds itself and also reaches paged
 //! (non-linear) data, so the verifier never has to track variable packet offsets here.
 //! Anything that does not parse is a `Skip`: the hook passes it untouched.
@@ -23,18 +23,25 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Length of the ICMP header (type, code, checksum and 4 bytes of rest-of-header).
+pub const ICMP_HLEN: usize = 8;
+
 #[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 #[repr(C)]
@@ -51,6 +58,15 @@ struct TcpHdr {
 }
 
 #[repr(C)]
+struct IcmpHdr {
+    type_: u8,
+    code: u8,
+    check: u16,
+    id: u16,
+    seq: u16,
+}
+
+#[repr(C)]
 struct UdpHdr {
     source: u16,
     dest: u16,
@@ -58,14 +74,19 @@ struct UdpHdr {
     check: u16,
 }
 
-/// The parsed tuple of a TCP/UDP over IPv4 packet and where its L4 header sits. Addresses and
-/// ports are network byte order, exactly as in the packet; the NAT code keeps them current.
+/// The parsed tuple of a TCP/UDP/ICMP over IPv4 packet and where its L4 header sits. Addresses
+/// and ports are network byte order, exactly as in the packet; the NAT code keeps them current.
+/// ICMP echo request/reply use the identifier as both ports (see `datapath_common::conntrack`);
+/// ICMP errors (destination unreachable, time exceeded) have both ports 0 and are translated
+/// by `nat::icmp`, never looked up as a flow of their own.
 pub struct Packet {
     pub l4_off: usize,
     pub proto: u8,
     pub ttl: u8,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP and ICMP).
     pub tcp_flags: u8,
+    /// ICMP type (0 for TCP and UDP, where it is never read).
+    pub icmp_type: u8,
     pub saddr: u32,
     pub daddr: u32,
     pub sport: u16,
@@ -91,7 +112,7 @@ impl Packet {
         // IHL-aware: options, if any, are skipped, never parsed.
         let l4_off = ETH_HLEN + ihl_bytes;
         // The L4 header must lie inside the IP datagram, not in Ethernet padding after it.
-        let (sport, dport, tcp_flags) = match ip.protocol {
+        let (sport, dport, tcp_flags, icmp_type) = match ip.protocol {
             proto::TCP => {
                 if tot_len < ihl_bytes + size_of::<TcpHdr>() {
                     return Err(Skip::Malformed);
@@ -100,14 +121,25 @@ impl Packet {
                 if tcp.doff_res >> 4 < 5 {
                     return Err(Skip::Malformed);
                 }
-                (tcp.source, tcp.dest, tcp.flags)
+                (tcp.source, tcp.dest, tcp.flags, 0)
             }
             proto::UDP => {
                 if tot_len < ihl_bytes + size_of::<UdpHdr>() {
                     return Err(Skip::Malformed);
                 }
                 let udp: UdpHdr = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
-                (udp.source, udp.dest, 0)
+                (udp.source, udp.dest, 0, 0)
+            }
+            proto::ICMP => {
+                if tot_len < ihl_bytes + ICMP_HLEN {
+                    return Err(Skip::Malformed);
+                }
+                let icmp: IcmpHdr = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
+                match icmp.type_ {
+                    ICMP_ECHO | ICMP_ECHO_REPLY => (icmp.id, icmp.id, 0, icmp.type_),
+                    ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => (0, 0, 0, icmp.type_),
+                    _ => return Err(Skip::OtherProto),
+                }
             }
             _ => return Err(Skip::OtherProto),
         };
@@ -116,6 +148,7 @@ impl Packet {
             proto: ip.protocol,
             ttl: ip.ttl,
             tcp_flags,
+            icmp_type,
             saddr: ip.saddr,
             daddr: ip.daddr,
             sport,
@@ -139,11 +172,23 @@ impl Packet {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
-        if self.proto == proto::UDP {
-            self.l4_off + 6
-        } else {
-            self.l4_off + 16
+        match self.proto {
+            proto::UDP => self.l4_off + 6,
+            proto::ICMP => self.l4_off + 2,
+            _ => self.l4_off + 16,
         }
+    }
+
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.proto == proto::ICMP
+    }
+
+    /// An ICMP error (destination unreachable, time exceeded) that quotes another packet.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == proto::ICMP
+            && (self.icmp_type == ICMP_DEST_UNREACH || self.icmp_type == ICMP_TIME_EXCEEDED)
     }
 
     #[inline(always)]
@@ -151,11 +196,16 @@ impl Packet {
         self.proto == proto::UDP
     }
 
-    /// A TCP SYN without ACK: the only packet that may open a new TCP flow where a reply to an
-    /// unrelated connection could otherwise be mistaken for one.
+    /// Whether the packet may open a new flow: any UDP datagram, an ICMP echo request, a TCP
+    /// SYN without ACK. (A mid-flow TCP segment or an echo reply with no conntrack entry is
+    /// the answer to something, not a new conversation.)
     #[inline(always)]
     pub fn opens_flow(&self) -> bool {
-        self.proto != proto::TCP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        match self.proto {
+            proto::TCP => self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            proto::ICMP => self.icmp_type == ICMP_ECHO,
+            _ => true,
+        }
     }
 
     /// A TCP FIN or RST: the flow is ending.
@@ -163,4 +213,16 @@ impl Packet {
     pub fn closes_flow(&self) -> bool {
         self.proto == proto::TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
+}
+
+/// The IPv4 source address of the frame, or `None` if it is not IPv4 (anti-spoofing runs on
+/// every IPv4 packet, whatever its protocol, before the full parse).
+#[inline(always)]
+pub fn ipv4_saddr(ctx: &TcContext) -> Result<Option<u32>, Skip> {
+    let ethertype: u16 = ctx.load(12).map_err(|_| Skip::Malformed)?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return Ok(None);
+    }
+    let saddr: u32 = ctx.load(IP_SADDR_OFF).map_err(|_| Skip::Malformed)?;
+    Ok(Some(saddr))
 }

@@ -66,7 +66,7 @@ pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
 
 /// Egress ifindex of the route to the packet's destination, or `None`.
 #[inline(always)]
-fn fib_egress(ctx: &TcContext, pkt: &Packet) -> Option<u32> {
+pub fn fib_egress(ctx: &TcContext, pkt: &Packet) -> Option<u32> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;

@@ -1,65 +1,217 @@
 //! `from_container`: TC (TCX) ingress of each container's host-side veth.
 //!
 //! ```text
-//! container A --> [tgA] from_container --+-- reply of a port-mapped flow: source back to hostip:P --> FIB redirect (uplink, or [tgB] for hairpin)
-//!                                        +-- hairpin to hostip:P of B:   DNAT to B               --> node stack --> [tgB]
-//!                                        +-- hairpin to its own port:    DNAT + SNAT to gateway  --> redirect out [tgA]
+//! container A --> [tgA] from_container --+-- source is not A's IP:              drop (Spoof)
+//!                                        +-- conntrack hit:
+//!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
+//!                                        |     masqueraded flow:            source to snat_ip:port  --> FIB redirect (uplink)
+//!                                        |     hairpin / plain tracked:     as at creation
+//!                                        +-- new flow:
+//!                                              hairpin to hostip:P of B: policy, DNAT to B       --> node stack --> [tgB]
+//!                                              hairpin to its own port:  DNAT + SNAT to gateway  --> redirect out [tgA]
+//!                                              to container B by IP:     link | ICC, policy      --> node stack (plain tracked)
+//!                                              to outside via uplink:    policy, masquerade      --> FIB redirect (uplink)
+//!                                              to a node address / other: policy                 --> node stack (plain tracked)
 //! ```
-//! Replies are not handed to the node stack: with a node address as source they would fail its
-//! martian check (see `redirect`).
+//! Replies and masqueraded packets are not handed to the node stack: with a node address as
+//! source they would fail its martian check (see `redirect`).
+//!
+//! Only a packet that `opens_flow` (UDP, ICMP echo request, TCP SYN without ACK) creates
+//! conntrack entries. Any other packet without an entry is the answer to something the
+//! datapath did not see open: it passes untouched when it goes to a node address (the node's
+//! own sockets judge it, e.g. a container answering a connection the node made) or to a
+//! container this one may reach (ICC on or linked); otherwise it is dropped (`Icc` towards
+//! a container, `Policy` towards the outside, which could not be masqueraded anyway).
+//! ICMP errors a container sends, and IP protocols other than TCP/UDP/ICMP echo, pass
+//! untouched after anti-spoofing (no policy or ICC applies to them).
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use datapath_common::{
-    conntrack::{CtEntry, CtKey, CT_HAIRPIN, CT_REPLY},
-    stats::{CNT_DNAT_HAIRPIN, CNT_REVNAT},
+    config::Config,
+    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SNAT},
+    drop::DropReason,
+    endpoint::Endpoint,
+    portmap::PortValue,
+    stats::{CNT_DNAT_HAIRPIN, CNT_REVNAT, CNT_SNAT, CNT_SNAT_FLOWS},
 };
 
 use crate::{
-    conntrack,
+    config, conntrack,
+    maps::TG_EP_BY_IF,
     nat::{self, dnat, snat},
-    packet::Packet,
-    redirect,
-    verdict::{self, Skip, Stop},
+    packet::{self, Packet},
+    policy, redirect,
+    verdict::{self, Dir, Skip, Stop},
 };
+
+/// A flow's two conntrack halves (the one this packet hit first) and the counter its packets
+/// bump, if any.
+type Hit = (*mut CtEntry, *mut CtEntry, Option<u32>);
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    verdict::tc(try_from_container(&ctx))
+    // A veth the agent has not registered (yet): not ours to judge.
+    let Some(ep) = endpoint_of(&ctx) else {
+        return TC_ACT_OK;
+    };
+    verdict::count_ep(ep.id, Dir::Tx, ctx.len());
+    verdict::tc_for(try_from_container(&ctx, &ep), ep.id)
 }
 
 #[inline(always)]
-fn try_from_container(ctx: &TcContext) -> Result<i32, Stop> {
+fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
+    match packet::ipv4_saddr(ctx)? {
+        None => return Err(Skip::NotIpv4.into()),
+        Some(saddr) if saddr != ep.ip => return Err(DropReason::Spoof.into()),
+        Some(_) => {}
+    }
     let mut pkt = Packet::parse(ctx)?;
+    if pkt.is_icmp_error() {
+        return Err(Skip::NotOurs.into());
+    }
+    let cfg = config::get();
     let key = pkt.ct_key();
     let now = conntrack::now_ns();
-    let (e, other, counter) = match conntrack::lookup(&key) {
-        Some(e) if conntrack::flags(e) & CT_REPLY != 0 => {
-            (e, conntrack::ensure_reverse(&key, e)?, CNT_REVNAT)
-        }
-        Some(e) if conntrack::flags(e) & CT_HAIRPIN != 0 && !conntrack::reused(e, &pkt) => {
-            (e, conntrack::ensure_reverse(&key, e)?, CNT_DNAT_HAIRPIN)
+    let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
+        Some(e) if usable(e, &pkt) => {
+            let counter = hit_counter(conntrack::flags(e));
+            (e, conntrack::ensure_reverse(&key, e)?, counter)
         }
         // The original half of an uplink flow: only a packet spoofing the client matches it.
-        Some(e) if conntrack::flags(e) & CT_HAIRPIN == 0 => return Err(Skip::NotOurs.into()),
-        _ => {
-            let (e, other) = new_hairpin(ctx, &pkt, &key, now)?;
-            (e, other, CNT_DNAT_HAIRPIN)
+        Some(e) if conntrack::flags(e) & (CT_REPLY | CT_HAIRPIN | CT_DNAT) == CT_DNAT => {
+            return Err(Skip::NotOurs.into());
         }
+        _ => new_flow(ctx, &pkt, &key, ep, &cfg, now)?,
     };
     // SAFETY: `e` came from a lookup in this run; copied so the rewrite reads stable values.
     let entry: CtEntry = unsafe { *e };
     nat::apply(ctx, &mut pkt, &entry)?;
     conntrack::touch(e, other, &pkt, ctx.len(), now);
-    verdict::count(counter);
+    if let Some(c) = counter {
+        verdict::count(c);
+    }
     if entry.redirect_ifindex != 0 {
         return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
     }
-    if entry.flags & CT_REPLY != 0 {
-        // Its source is now `hostip:P`, a node address: the stack would drop it as a martian.
+    let reply_snat = entry.flags & (CT_REPLY | CT_SNAT) == (CT_REPLY | CT_SNAT);
+    let masq_orig = entry.flags & (CT_REPLY | CT_MASQ) == CT_MASQ;
+    if reply_snat || masq_orig {
+        // Its source is now a node address: the stack would drop it as a martian.
         return Ok(redirect::forward(ctx, &pkt)?);
     }
     Ok(TC_ACT_OK)
+}
+
+/// The container registered for the veth the packet arrived on.
+#[inline(always)]
+fn endpoint_of(ctx: &TcContext) -> Option<Endpoint> {
+    // SAFETY: pointer from a lookup in this run; copied out at once.
+    TG_EP_BY_IF.get_ptr(ifindex(ctx)).map(|ep| unsafe { *ep })
+}
+
+/// Whether a live entry hit by a container's packet carries it: reply halves always; original
+/// halves of flows the container opened (hairpin, masquerade, plain) unless a fresh SYN
+/// reuses a closing tuple (then the flow is judged and translated afresh).
+#[inline(always)]
+fn usable(e: *mut CtEntry, pkt: &Packet) -> bool {
+    let f = conntrack::flags(e);
+    if f & CT_REPLY != 0 {
+        return true;
+    }
+    if f & (CT_HAIRPIN | CT_DNAT) == CT_DNAT {
+        return false;
+    }
+    !conntrack::reused(e, pkt)
+}
+
+/// The counter bumped per packet of a flow hit with these flags.
+#[inline(always)]
+fn hit_counter(flags: u32) -> Option<u32> {
+    if flags & CT_REPLY != 0 {
+        if flags & CT_SNAT != 0 {
+            Some(CNT_REVNAT)
+        } else {
+            None
+        }
+    } else if flags & CT_HAIRPIN != 0 {
+        Some(CNT_DNAT_HAIRPIN)
+    } else if flags & CT_MASQ != 0 {
+        Some(CNT_SNAT)
+    } else {
+        None
+    }
+}
+
+/// A packet with no live conntrack entry: judges it and creates the flow's halves.
+#[inline(always)]
+fn new_flow(
+    ctx: &TcContext,
+    pkt: &Packet,
+    key: &CtKey,
+    ep: &Endpoint,
+    cfg: &Config,
+    now: u64,
+) -> Result<Hit, Stop> {
+    let peer = policy::endpoint(pkt.daddr);
+    if !pkt.opens_flow() {
+        return Err(unopened(pkt, ep, peer.as_ref(), cfg));
+    }
+    // A published port: allowed whatever ICC says (that is what publishing is for), but the
+    // egress rules still see the address the container asked for.
+    if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
+        policy::egress(ep, pkt.daddr, pkt.proto, pkt.dport)?;
+        let (e, other) = new_hairpin(ctx, pkt, key, &pm, now)?;
+        return Ok((e, other, Some(CNT_DNAT_HAIRPIN)));
+    }
+    policy::new_flow(ep, peer.as_ref(), cfg, pkt.daddr, pkt.proto, pkt.dport)?;
+    if peer.is_none() && snat::masquerades(ctx, pkt, cfg) {
+        let (e, other) = snat::masquerade(key, ep.id, cfg, now)?;
+        verdict::count(CNT_SNAT_FLOWS);
+        // SAFETY: `e` came from a lookup in this run; one field read.
+        let port = unsafe { (*e).nat_sport };
+        debug!(
+            ctx,
+            "masq flow {:i}:{} -> {:i}:{} as :{}",
+            pkt.saddr.to_ne_bytes(),
+            u16::from_be(pkt.sport),
+            pkt.daddr.to_ne_bytes(),
+            u16::from_be(pkt.dport),
+            u16::from_be(port)
+        );
+        return Ok((e, other, Some(CNT_SNAT)));
+    }
+    let plain = CtEntry {
+        endpoint_id: ep.id,
+        created_ns: now,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    let (e, other) = conntrack::create(key, &plain)?;
+    debug!(
+        ctx,
+        "flow {:i}:{} -> {:i}:{}",
+        pkt.saddr.to_ne_bytes(),
+        u16::from_be(pkt.sport),
+        pkt.daddr.to_ne_bytes(),
+        u16::from_be(pkt.dport)
+    );
+    Ok((e, other, None))
+}
+
+/// What happens to a packet that may not open a flow and has no entry (module docs).
+#[inline(always)]
+fn unopened(pkt: &Packet, ep: &Endpoint, peer: Option<&Endpoint>, cfg: &Config) -> Stop {
+    if dnat::is_local(pkt.daddr) {
+        return Skip::NotOurs.into();
+    }
+    match peer {
+        Some(peer) => match policy::icc(ep, peer, cfg) {
+            Ok(()) => Skip::NotOurs.into(),
+            Err(r) => r.into(),
+        },
+        None => DropReason::Policy.into(),
+    }
 }
 
 /// Creates the conntrack halves of a container's new flow to a published port (hairpin).
@@ -68,15 +220,10 @@ fn new_hairpin(
     ctx: &TcContext,
     pkt: &Packet,
     key: &CtKey,
+    pm: &PortValue,
     now: u64,
 ) -> Result<(*mut CtEntry, *mut CtEntry), Stop> {
-    // Only a TCP SYN (without ACK) opens a flow here: a reply to a connection the node made to
-    // the container could carry a published port as its destination port.
-    if !pkt.opens_flow() {
-        return Err(Skip::NotOurs.into());
-    }
-    let pm = dnat::published(pkt.daddr, pkt.dport, pkt.proto).ok_or(Skip::NotOurs)?;
-    let mut e = dnat::flow_entry(&pm, CT_HAIRPIN, now);
+    let mut e = dnat::flow_entry(pm, CT_HAIRPIN, now);
     if pm.container_ip == pkt.saddr {
         // Calling itself: without the SNAT its reply would be delivered locally inside the
         // container, to a socket that never sent anything to that address.

@@ -1,22 +1,27 @@
 //! `from_uplink`: TC (TCX) ingress of the uplink in the node namespace.
 //!
 //! ```text
-//! client --> [uplink] from_uplink: DNAT hostip:P -> cip:cport' --> node stack --> [tgXXXX] --> container
+//! client --> [uplink] from_uplink --+-- ICMP error about a translated flow: back to its container --+
+//!                                   +-- reply to a masqueraded flow: DNAT snat_ip:port -> cip:port ---+
+//!                                   +-- to a published port: DNAT hostip:P -> cip:cport' -------------+--> node stack --> [tgXXXX] --> container
+//!                                   +-- straight to a container IP (routed): tracked, untouched ------+
 //! ```
-//! Traffic to a published port is rewritten to its container and handed back to the node stack
-//! (TC_ACT_OK), which forwards it; the client address is kept. Everything else passes untouched.
+//! Rewritten packets are handed back to the node stack (TC_ACT_OK), which forwards them: their
+//! source is the outside peer's, so no martian check stands in the way. The client address is
+//! kept. Everything else passes untouched.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use datapath_common::{
-    conntrack::{CtEntry, CtKey, CT_HAIRPIN, CT_REPLY},
-    stats::CNT_DNAT_UPLINK,
+    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SNAT},
+    stats::{CNT_DNAT_UPLINK, CNT_REVSNAT},
 };
 
 use crate::{
-    conntrack,
-    nat::{self, dnat},
+    config, conntrack,
+    nat::{self, dnat, icmp},
     packet::Packet,
+    policy,
     verdict::{self, Skip, Stop},
 };
 
@@ -28,15 +33,21 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, Stop> {
     let mut pkt = Packet::parse(ctx)?;
-    let key = pkt.ct_key();
+    let cfg = config::get();
     let now = conntrack::now_ns();
-    let (e, other) = match conntrack::lookup(&key) {
-        // Only the original half of an uplink flow can match here; a tuple that hits a reply or
-        // hairpin entry came in with a container's source address and is not ours to touch.
-        Some(e) if conntrack::flags(e) & (CT_REPLY | CT_HAIRPIN) != 0 => {
-            return Err(Skip::NotOurs.into());
+    if pkt.is_icmp_error() {
+        icmp::rev_error(ctx, &pkt, &cfg, now)?;
+        return Ok(TC_ACT_OK);
+    }
+    let key = pkt.ct_key();
+    let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
+        Some(e) if usable(e, &pkt) => {
+            let counter = hit_counter(conntrack::flags(e));
+            (e, conntrack::ensure_reverse(&key, e)?, counter)
         }
-        Some(e) if !conntrack::reused(e, &pkt) => (e, conntrack::ensure_reverse(&key, e)?),
+        // A tuple that hits a port map's reply half, a hairpin entry or a masqueraded flow's
+        // original half came in with a container's source address: not ours to touch.
+        Some(e) if !conntrack::reused(e, &pkt) => return Err(Skip::NotOurs.into()),
         // A miss (or a reused tuple) on any packet, not only a SYN: a flow whose entries were
         // lost keeps working, its entries are recreated from the port map.
         _ => new_flow(ctx, &pkt, &key, now)?,
@@ -45,28 +56,91 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Stop> {
     let entry: CtEntry = unsafe { *e };
     nat::apply(ctx, &mut pkt, &entry)?;
     conntrack::touch(e, other, &pkt, ctx.len(), now);
-    verdict::count(CNT_DNAT_UPLINK);
+    if let Some(c) = counter {
+        verdict::count(c);
+    }
     Ok(TC_ACT_OK)
 }
 
-/// Creates both conntrack halves of a flow to a published port, or `NotOurs`.
+/// Whether a live entry hit from outside carries the packet: a port map's or a routed
+/// inbound flow's original half, a masqueraded flow's reply half, or the reply half of a
+/// container's untranslated flow; none of them when a fresh SYN reuses a closing tuple.
+#[inline(always)]
+fn usable(e: *mut CtEntry, pkt: &Packet) -> bool {
+    let f = conntrack::flags(e);
+    let ok = if f & CT_HAIRPIN != 0 {
+        false
+    } else if f & CT_REPLY != 0 {
+        f & CT_MASQ != 0 || f & (CT_SNAT | CT_DNAT) == 0
+    } else {
+        f & CT_MASQ == 0
+    };
+    ok && !conntrack::reused(e, pkt)
+}
+
+/// The counter bumped per packet of a flow hit with these flags.
+#[inline(always)]
+fn hit_counter(flags: u32) -> Option<u32> {
+    if flags & CT_MASQ != 0 {
+        Some(CNT_REVSNAT)
+    } else if flags & CT_DNAT != 0 {
+        Some(CNT_DNAT_UPLINK)
+    } else {
+        None
+    }
+}
+
+/// Creates both conntrack halves of a new inbound flow, or `NotOurs`.
 #[inline(always)]
 fn new_flow(
     ctx: &TcContext,
     pkt: &Packet,
     key: &CtKey,
     now: u64,
-) -> Result<(*mut CtEntry, *mut CtEntry), Stop> {
-    let pm = dnat::published(pkt.daddr, pkt.dport, pkt.proto).ok_or(Skip::NotOurs)?;
-    let e = dnat::flow_entry(&pm, 0, now);
-    let ptrs = conntrack::create(key, &e)?;
+) -> Result<(*mut CtEntry, *mut CtEntry, Option<u32>), Stop> {
+    if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
+        let e = dnat::flow_entry(&pm, 0, now);
+        let (e, other) = conntrack::create(key, &e)?;
+        debug!(
+            ctx,
+            "uplink flow {:i}:{} -> {:i}:{}",
+            pkt.saddr.to_ne_bytes(),
+            u16::from_be(pkt.sport),
+            pm.container_ip.to_ne_bytes(),
+            u16::from_be(pm.container_port)
+        );
+        return Ok((e, other, Some(CNT_DNAT_UPLINK)));
+    }
+    routed(ctx, pkt, key, now)
+}
+
+/// A new flow straight to a container's IP (routed, no NAT): tracked untranslated so the
+/// container's answers are known as replies (not masqueraded, not judged by its policy).
+#[inline(always)]
+fn routed(
+    ctx: &TcContext,
+    pkt: &Packet,
+    key: &CtKey,
+    now: u64,
+) -> Result<(*mut CtEntry, *mut CtEntry, Option<u32>), Stop> {
+    if !pkt.opens_flow() {
+        return Err(Skip::NotOurs.into());
+    }
+    let ep = policy::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;
+    let plain = CtEntry {
+        endpoint_id: ep.id,
+        created_ns: now,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    let (e, other) = conntrack::create(key, &plain)?;
     debug!(
         ctx,
-        "uplink flow {:i}:{} -> {:i}:{}",
+        "inbound flow {:i}:{} -> {:i}:{}",
         pkt.saddr.to_ne_bytes(),
         u16::from_be(pkt.sport),
-        pm.container_ip.to_ne_bytes(),
-        u16::from_be(pm.container_port)
+        pkt.daddr.to_ne_bytes(),
+        u16::from_be(pkt.dport)
     );
-    Ok(ptrs)
+    Ok((e, other, None))
 }

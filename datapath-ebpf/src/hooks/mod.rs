@@ -4,3 +4,4 @@
 mod from_container;
 mod from_uplink;
 mod sock;
+mod to_container;

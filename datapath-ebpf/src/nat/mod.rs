@@ -2,6 +2,7 @@
 //! rewrites and their `rev_*` counterparts used on replies; `apply` runs a conntrack entry.
 
 pub mod dnat;
+pub mod icmp;
 pub mod snat;
 
 use aya_ebpf::{
@@ -26,7 +27,8 @@ enum End {
 /// incrementally. The address change goes into the L4 checksum with `BPF_F_PSEUDO_HDR` because
 /// TCP/UDP checksums cover the pseudo-header (and, for CHECKSUM_PARTIAL skbs, only that part may
 /// be adjusted). UDP uses `BPF_F_MARK_MANGLED_0`: a zero UDP checksum means "none" and must stay
-/// zero, and a computed zero is written as 0xffff.
+/// zero, and a computed zero is written as 0xffff. ICMP has no pseudo-header, and its "port" on
+/// either end is the echo identifier (one field, at offset 4).
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -35,10 +37,14 @@ fn rewrite(
     ip: u32,
     port: u16,
 ) -> Result<(), DropReason> {
-    let (ip_off, port_off, old_ip, old_port) = match end {
+    let icmp = pkt.is_icmp();
+    let (ip_off, mut port_off, old_ip, old_port) = match end {
         End::Src => (IP_SADDR_OFF, pkt.l4_off, pkt.saddr, pkt.sport),
         End::Dst => (IP_DADDR_OFF, pkt.l4_off + 2, pkt.daddr, pkt.dport),
     };
+    if icmp {
+        port_off = pkt.l4_off + 4;
+    }
     let csum_off = pkt.l4_csum_off();
     let mangled0 = if pkt.is_udp() {
         u64::from(BPF_F_MARK_MANGLED_0)
@@ -46,13 +52,15 @@ fn rewrite(
         0
     };
     if old_ip != ip {
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(old_ip),
-            u64::from(ip),
-            u64::from(BPF_F_PSEUDO_HDR) | mangled0 | 4,
-        )
-        .map_err(|_| DropReason::Internal)?;
+        if !icmp {
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(old_ip),
+                u64::from(ip),
+                u64::from(BPF_F_PSEUDO_HDR) | mangled0 | 4,
+            )
+            .map_err(|_| DropReason::Internal)?;
+        }
         ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_ip), u64::from(ip), 4)
             .map_err(|_| DropReason::Internal)?;
         ctx.store(ip_off, &ip, 0)
@@ -65,13 +73,16 @@ fn rewrite(
             .map_err(|_| DropReason::Internal)?;
     }
     match end {
-        End::Src => {
-            pkt.saddr = ip;
-            pkt.sport = port;
-        }
-        End::Dst => {
-            pkt.daddr = ip;
-            pkt.dport = port;
+        End::Src => pkt.saddr = ip,
+        End::Dst => pkt.daddr = ip,
+    }
+    if icmp {
+        pkt.sport = port;
+        pkt.dport = port;
+    } else {
+        match end {
+            End::Src => pkt.sport = port,
+            End::Dst => pkt.dport = port,
         }
     }
     Ok(())

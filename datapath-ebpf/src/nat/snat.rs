@@ -1,13 +1,22 @@
-//! Source NAT. Only what self-hairpin needs for now: a container reaching its own published
-//! port gets its source rewritten to its gateway, so its reply comes back through the veth
-//! instead of being delivered locally inside the container. (Masquerade of container egress
-//! comes later.)
+//! Source NAT: masquerade of container egress (container -> outside through the uplink, source
+//! becomes `Config.snat_ip` with a port from the NAT range), and the self-hairpin SNAT to the
+//! gateway. `rev_snat` undoes either on replies.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{conntrack::CtEntry, conntrack::CT_SNAT, drop::DropReason};
+use datapath_common::{
+    config::Config,
+    conntrack::{CtEntry, CtKey, CT_MASQ, CT_SNAT},
+    drop::DropReason,
+    proto,
+};
 
-use super::{rewrite, End};
-use crate::{maps::TG_ENDPOINTS, packet::Packet};
+use super::{dnat, rewrite, End};
+use crate::{config, conntrack, maps::TG_ENDPOINTS, packet::Packet, redirect};
+
+/// Candidate ports tried per new flow before giving up (`NatExhausted`). Candidates are
+/// pseudo-random over the range, so with the range a third full the chance that all 32 are
+/// taken is ~1e-15; the bound keeps the loop small for the verifier.
+const NAT_TRIES: u32 = 32;
 
 /// Adds to `e` the SNAT of a self-hairpin flow from `pkt`: source becomes the caller's gateway,
 /// source port unchanged.
@@ -22,6 +31,73 @@ pub fn self_hairpin(e: &mut CtEntry, pkt: &Packet) -> Result<(), DropReason> {
     e.nat_saddr = gw;
     e.nat_sport = pkt.sport;
     Ok(())
+}
+
+/// Whether a new flow from a container to `pkt.daddr` (not a container) is masqueraded:
+/// masquerade is on, the destination is outside the pool and not one of the node's addresses,
+/// and the node's FIB sends it out of the uplink (what `-o uplink -j MASQUERADE` matches).
+#[inline(always)]
+pub fn masquerades(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> bool {
+    cfg.snat_ip != 0
+        && cfg.uplink_ifindex != 0
+        && pkt.daddr & cfg.pool_mask != cfg.pool_net
+        && !dnat::is_local(pkt.daddr)
+        && redirect::fib_egress(ctx, pkt) == Some(cfg.uplink_ifindex)
+}
+
+/// Creates both halves of a masqueraded flow, allocating its source port (ICMP: echo id).
+/// The port is taken by claiming the reply half's key (`conntrack::claim`), which is what
+/// makes it collision-free per (peer, peer port, proto); ports published on the SNAT address
+/// are skipped so an inbound connection to them is never mistaken for a reply.
+#[inline(always)]
+pub fn masquerade(
+    key: &CtKey,
+    endpoint_id: u32,
+    cfg: &Config,
+    now: u64,
+) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
+    let mut e = CtEntry {
+        nat_saddr: cfg.snat_ip,
+        flags: CT_SNAT | CT_MASQ,
+        endpoint_id,
+        created_ns: now,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    let (first, count) = config::nat_ports(cfg);
+    let seed = flow_hash(key);
+    for i in 0..NAT_TRIES {
+        let port = first + mix(seed.wrapping_add(i)).checked_rem(count).unwrap_or(0);
+        e.nat_sport = (port as u16).to_be();
+        if key.proto != proto::ICMP
+            && dnat::published(cfg.snat_ip, e.nat_sport, key.proto).is_some()
+        {
+            continue;
+        }
+        let (rkey, r) = conntrack::reverse(key, &e);
+        if conntrack::claim(&rkey, &r, cfg, now) {
+            return conntrack::create_claimed(key, &e, &rkey);
+        }
+    }
+    Err(DropReason::NatExhausted)
+}
+
+/// A 32-bit integer hash (lowbias32): good avalanche, a few ALU ops.
+#[inline(always)]
+const fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// Start of a flow's port search: spreads flows of one container over the range and gives a
+/// retried tuple the same first candidate.
+#[inline(always)]
+fn flow_hash(k: &CtKey) -> u32 {
+    let ports = (u32::from(k.sport) << 16) | u32::from(k.dport);
+    mix(k.saddr ^ mix(k.daddr ^ mix(ports ^ u32::from(k.proto))))
 }
 
 /// Original direction: the source becomes `ip:port`.

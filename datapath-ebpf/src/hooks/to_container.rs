@@ -1,0 +1,28 @@
+//! `to_container`: TC (TCX) egress of each container's host-side veth, i.e. every packet the
+//! node delivers to a container, whichever path it took (forwarded by the stack, redirected
+//! by `from_container`/`from_uplink`, or sent by the node itself).
+//!
+//! ```text
+//! node stack / redirect --> [tgXXXX egress] to_container: count rx --> container
+//! ```
+//! Only accounting for now (rate limiting will hook in here); every packet passes.
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+
+use crate::{
+    maps::TG_EP_BY_IF,
+    verdict::{self, Dir},
+};
+
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    // SAFETY: `skb` is the program's context pointer; `ifindex` is readable in TC programs
+    // (at egress it is the veth the packet leaves through).
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(ep) = TG_EP_BY_IF.get_ptr(ifindex) {
+        // SAFETY: pointer from a lookup in this run; one field copied out.
+        let id = unsafe { (*ep).id };
+        verdict::count_ep(id, Dir::Rx, ctx.len());
+    }
+    TC_ACT_OK
+}
