@@ -23,9 +23,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_REPLY, CT_SNAT},
+    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SEEN_REPLY, CT_SNAT},
     csum,
-    endpoint::{Endpoint, ADDR_UPLINK},
+    endpoint::{Endpoint, ADDR_UPLINK, EP_EGRESS_DENY},
     maps,
     portmap::{PortKey, PortValue},
     proto,
@@ -45,6 +45,9 @@ const C1: [u8; 4] = [10, 254, 0, 2];
 const GW1: [u8; 4] = [10, 254, 0, 1];
 const C2: [u8; 4] = [10, 254, 0, 6];
 const GW2: [u8; 4] = [10, 254, 0, 5];
+/// Egress deny by default (`EP_EGRESS_DENY`).
+const C3: [u8; 4] = [10, 254, 0, 10];
+const GW3: [u8; 4] = [10, 254, 0, 9];
 /// A client the test namespace has no route to.
 const UNROUTED: [u8; 4] = [203, 0, 113, 9];
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
@@ -66,11 +69,24 @@ const IP_OPTIONS_MAX: &[u8] = &[
 // Frame builder
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum L4 {
-    Tcp { flags: u8 },
-    Udp { zero_csum: bool },
-    Icmp,
+    Tcp {
+        flags: u8,
+    },
+    Udp {
+        zero_csum: bool,
+    },
+    /// Echo request (8) or reply (0); the identifier is the frame's `sport`.
+    Icmp {
+        type_: u8,
+    },
+    /// An ICMP error quoting `quoted` (an IPv4 packet, from its header on).
+    IcmpError {
+        type_: u8,
+        code: u8,
+        quoted: Vec<u8>,
+    },
 }
 
 /// One frame to build. Checksums are always computed in full (never incrementally), so an
@@ -172,14 +188,28 @@ impl Frame {
                 u.extend_from_slice(payload);
                 (proto::UDP, u)
             }
-            // Echo request, id 1, seq 1.
-            L4::Icmp => (proto::ICMP, vec![8, 0, 0, 0, 0, 1, 0, 1]),
+            // Echo, seq 1.
+            L4::Icmp { type_ } => {
+                let mut m = vec![type_, 0, 0, 0];
+                m.extend_from_slice(&self.sport.to_be_bytes());
+                m.extend_from_slice(&[0, 1]);
+                (proto::ICMP, m)
+            }
+            L4::IcmpError {
+                type_,
+                code,
+                ref quoted,
+            } => {
+                let mut m = vec![type_, code, 0, 0, 0, 0, 0, 0];
+                m.extend_from_slice(quoted);
+                (proto::ICMP, m)
+            }
         };
         let csum_off = match self.l4 {
             L4::Tcp { .. } => Some(16),
             L4::Udp { zero_csum: false } => Some(6),
             L4::Udp { zero_csum: true } => None,
-            L4::Icmp => Some(2),
+            L4::Icmp { .. } | L4::IcmpError { .. } => Some(2),
         };
         if let Some(off) = csum_off {
             let c = if proto == proto::ICMP {
@@ -242,19 +272,30 @@ fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> Vec<u8
     p
 }
 
-/// Recomputes the IPv4 and TCP/UDP checksums of a well-formed IPv4 frame and checks them.
+/// Recomputes the IPv4 and TCP/UDP/ICMP checksums of a well-formed IPv4 frame and checks them;
+/// for an ICMP error, those of the quoted packet too.
 fn assert_checksums_valid(what: &str, frame: &[u8]) {
-    let ip = &frame[14..];
+    assert_ipv4_checksums_valid(what, &frame[14..]);
+}
+
+fn assert_ipv4_checksums_valid(what: &str, ip: &[u8]) {
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     assert_eq!(
         csum::checksum(&ip[..ihl]),
         0,
         "{what}: IPv4 header checksum invalid"
     );
-    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
     let l4 = &ip[ihl..tot_len];
     let (src, dst) = (&ip[12..16], &ip[16..20]);
     let proto = ip[9];
+    if proto == proto::ICMP {
+        assert_eq!(csum::checksum(l4), 0, "{what}: ICMP checksum invalid");
+        if l4[0] == 3 || l4[0] == 11 {
+            assert_ipv4_checksums_valid(&format!("{what} (quoted packet)"), &l4[8..]);
+        }
+        return;
+    }
     if proto == proto::UDP && l4[6..8] == [0, 0] {
         return; // no checksum
     }
@@ -470,7 +511,7 @@ fn cases() -> Vec<Case> {
         case(
             "ICMP to a local address passes untouched",
             "from_uplink",
-            Frame::new(CLIENT, 0, HOST, 0, L4::Icmp).build(),
+            Frame::new(CLIENT, 1, HOST, 1, L4::Icmp { type_: 8 }).build(),
             Untouched,
         ),
         // ---- from_container: paths 2 and 3 ----
@@ -582,22 +623,34 @@ fn object() -> Option<Vec<u8>> {
 }
 
 /// Moves this test's thread (only) into a new network namespace, the one BPF_PROG_TEST_RUN
-/// then runs in, so the datapath's FIB lookups see a known table: a veth with routes to the
-/// client and container subnets, forwarding on, nothing to `UNROUTED`. The namespace goes away
-/// with the thread.
+/// then runs in, so the datapath's FIB lookups see a known table: an uplink veth with the
+/// client subnet, one veth per container with its /30, forwarding on, nothing to `UNROUTED`.
+/// The namespace goes away with the thread.
 fn enter_test_netns() -> anyhow::Result<()> {
     // SAFETY: unshare affects only the calling thread, which nothing else shares.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
     }
     // Children inherit the calling thread's namespace.
+    // tgt0 plays the uplink; tghN is container N's host veth (gateway on it, /30 behind it).
     for args in [
         "link add tgt0 type veth peer name tgt1",
         "addr add 198.51.100.1/24 dev tgt0",
-        "addr add 10.254.0.5/30 dev tgt0",
+        "link add tgh1 type veth peer name tgh1p",
+        "addr add 10.254.0.1/30 dev tgh1",
+        "link add tgh2 type veth peer name tgh2p",
+        "addr add 10.254.0.5/30 dev tgh2",
+        "link add tgh3 type veth peer name tgh3p",
+        "addr add 10.254.0.9/30 dev tgh3",
         "link set lo up",
         "link set tgt1 up",
         "link set tgt0 up",
+        "link set tgh1p up",
+        "link set tgh1 up",
+        "link set tgh2p up",
+        "link set tgh2 up",
+        "link set tgh3p up",
+        "link set tgh3 up",
     ] {
         let out = std::process::Command::new("ip")
             .args(args.split(' '))
@@ -654,18 +707,70 @@ fn fill_maps(bpf: &mut Ebpf) -> anyhow::Result<()> {
         portmap.insert(k, v, 0)?;
     }
 
-    let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
-        HashMap::try_from(bpf.map_mut(maps::ENDPOINTS).unwrap())?;
-    for (id, ip, gw) in [(1, C1, GW1), (2, C2, GW2)] {
+    for (id, ip, gw, dev, flags) in [
+        (1, C1, GW1, "tgh1", 0),
+        (2, C2, GW2, "tgh2", 0),
+        (3, C3, GW3, "tgh3", EP_EGRESS_DENY),
+    ] {
         let ep = Endpoint {
             id,
-            host_ifindex: 100 + id,
+            host_ifindex: ifindex(dev)?,
             gateway_ip: be32(gw),
-            flags: 0,
+            flags,
+            ip: be32(ip),
+            _pad: 0,
         };
+        let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
+            HashMap::try_from(bpf.map_mut(maps::ENDPOINTS).unwrap())?;
         endpoints.insert(be32(ip), ep, 0)?;
+        let mut by_if: HashMap<&mut MapData, u32, Endpoint> =
+            HashMap::try_from(bpf.map_mut(maps::EP_BY_IF).unwrap())?;
+        by_if.insert(ep.host_ifindex, ep, 0)?;
     }
     Ok(())
+}
+
+/// ifindex of `name` in the calling thread's network namespace.
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    anyhow::ensure!(i != 0, "no interface {name}");
+    Ok(i)
+}
+
+/// The device a case's frame arrives on: the uplink for `from_uplink`; for the veth hooks,
+/// the host veth of the container that sent (`from_container`) or receives (`to_container`)
+/// it, by address (tgh1 when the frame has none).
+fn default_dev(prog: &str, input: &[u8]) -> &'static str {
+    if prog == "from_uplink" {
+        return "tgt0";
+    }
+    let off = if prog == "to_container" { 30 } else { 26 };
+    match input.get(off..off + 4) {
+        Some(ip) if ip == C2 => "tgh2",
+        Some(ip) if ip == C3 => "tgh3",
+        _ => "tgh1",
+    }
+}
+
+/// Runs `prog` once on `input` as if it arrived on interface `dev` (`__sk_buff.ifindex`, the
+/// only context field set); returns the verdict and the output frame.
+fn run(bpf: &Ebpf, prog: &str, dev: &str, input: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+    let p: &SchedClassifier = bpf.program(prog).unwrap().try_into()?;
+    // struct __sk_buff up to and including `ifindex` (offset 40); the kernel requires every
+    // other field it does not accept from user space to be zero.
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex(dev)?.to_ne_bytes());
+    let mut out = vec![0u8; input.len() + 256];
+    let res = p.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..Default::default()
+    })?;
+    out.truncate(res.data_size_out as usize);
+    Ok((res.return_value, out))
 }
 
 fn load_classifier<'a>(bpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
@@ -689,7 +794,7 @@ fn verifier_accepts_every_program() -> anyhow::Result<()> {
             "map {name} missing from the object"
         );
     }
-    for name in ["from_uplink", "from_container"] {
+    for name in ["from_uplink", "from_container", "to_container"] {
         load_classifier(&mut bpf, name).map_err(|e| anyhow::anyhow!("loading {name}: {e:?}"))?;
     }
     for name in [
@@ -740,13 +845,8 @@ fn packet_table() -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     for c in cases() {
-        let prog: &SchedClassifier = bpf.program(c.prog).unwrap().try_into()?;
-        let mut out = vec![0u8; c.input.len() + 256];
-        let res = match prog.test_run(TestRunOptions {
-            data_in: Some(&c.input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        }) {
+        let (return_value, out) = match run(&bpf, c.prog, default_dev(c.prog, &c.input), &c.input)
+        {
             Ok(res) => res,
             Err(e) if c.kernel_may_refuse => {
                 println!(
@@ -757,7 +857,6 @@ fn packet_table() -> anyhow::Result<()> {
             }
             Err(e) => return Err(anyhow::anyhow!("{}: test run failed: {e:?}", c.description)),
         };
-        out.truncate(res.data_size_out as usize);
         let (retval, expected) = match &c.expect {
             Expect::Untouched => (TC_ACT_OK, c.input.clone()),
             Expect::Rewritten { retval, output } => {
@@ -766,12 +865,12 @@ fn packet_table() -> anyhow::Result<()> {
                 (*retval, f)
             }
         };
-        if res.return_value != retval || out != expected {
+        if return_value != retval || out != expected {
             failures.push(format!(
                 "{} [{}]: retval {} (want {retval})\n   got  {}\n   want {}",
                 c.description,
                 c.prog,
-                res.return_value,
+                return_value,
                 hex(&out),
                 hex(&expected)
             ));
@@ -805,14 +904,22 @@ fn check_conntrack(bpf: &Ebpf) -> anyhow::Result<()> {
     };
 
     let orig = ct.get(&key(CLIENT, 40000, HOST, 8080), 0)?;
-    assert_eq!(orig.flags, CT_DNAT, "uplink orig flags");
+    assert_eq!(
+        orig.flags,
+        CT_DNAT | CT_SEEN_REPLY,
+        "uplink orig flags (the container answered)"
+    );
     assert_eq!((orig.nat_daddr, orig.nat_dport), (be32(C1), be16(80)));
     assert_eq!(orig.endpoint_id, 1);
     assert_eq!(orig.packets, 2, "SYN and ACK counted on the original half");
     assert!(orig.created_ns > 0 && orig.last_seen_ns >= orig.created_ns);
 
     let reply = ct.get(&key(C1, 80, CLIENT, 40000), 0)?;
-    assert_eq!(reply.flags, CT_SNAT | CT_REPLY, "uplink reply flags");
+    assert_eq!(
+        reply.flags,
+        CT_SNAT | CT_REPLY | CT_SEEN_REPLY,
+        "uplink reply flags"
+    );
     assert_eq!((reply.nat_saddr, reply.nat_sport), (be32(HOST), be16(8080)));
     assert_eq!(
         reply.packets, 2,
@@ -822,13 +929,16 @@ fn check_conntrack(bpf: &Ebpf) -> anyhow::Result<()> {
     let hp = ct.get(&key(C1, 41000, HOST, 8080), 0)?;
     assert_eq!(
         hp.flags,
-        CT_DNAT | CT_SNAT | CT_HAIRPIN,
+        CT_DNAT | CT_SNAT | CT_HAIRPIN | CT_SEEN_REPLY,
         "self-hairpin orig flags"
     );
     assert_eq!((hp.nat_saddr, hp.nat_sport), (be32(GW1), be16(41000)));
     assert_ne!(hp.redirect_ifindex, 0);
     let hp_reply = ct.get(&key(C1, 80, GW1, 41000), 0)?;
-    assert_eq!(hp_reply.flags, CT_DNAT | CT_SNAT | CT_HAIRPIN | CT_REPLY);
+    assert_eq!(
+        hp_reply.flags,
+        CT_DNAT | CT_SNAT | CT_HAIRPIN | CT_REPLY | CT_SEEN_REPLY
+    );
     assert_eq!(
         (hp_reply.nat_daddr, hp_reply.nat_dport),
         (be32(C1), be16(41000))
