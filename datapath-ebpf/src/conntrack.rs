@@ -25,7 +25,12 @@ use datapath_common::{
     stats::CNT_CT_CREATED,
 };
 
-use crate::{config, maps::TG_CT, packet::Packet, verdict};
+use crate::{
+    config,
+    maps::TG_CT,
+    packet::{Packet, ICMP_ECHO_REPLY},
+    verdict,
+};
 
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
@@ -211,6 +216,14 @@ pub fn flags(e: *mut CtEntry) -> u32 {
 #[inline(always)]
 pub fn reused(e: *mut CtEntry, pkt: &Packet) -> bool {
     flags(e) & CT_CLOSING != 0 && pkt.proto == datapath_common::proto::TCP && pkt.opens_flow()
+}
+
+/// Whether the packet travels the way entry `e` faces. Only ICMP echo can tell: a request
+/// belongs on an original half, a reply on a reply half (so an echo request from outside
+/// that happens to carry a masqueraded ping's identifier is not taken for its reply).
+#[inline(always)]
+pub fn same_direction(e: *mut CtEntry, pkt: &Packet) -> bool {
+    !pkt.is_icmp() || (flags(e) & CT_REPLY != 0) == (pkt.icmp_type == ICMP_ECHO_REPLY)
 }
 
 /// Makes sure the other half of a hit flow exists, and returns it.

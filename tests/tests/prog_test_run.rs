@@ -1248,6 +1248,13 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         &echo(CLIENT, HOST, r, 0),
         ok(echo(CLIENT, C1, 7, 0)),
     )?;
+    step(
+        b,
+        "an echo request from outside with that same id is not taken for its reply",
+        "from_uplink",
+        &echo(CLIENT, HOST, r, 8),
+        Want::Same(TC_ACT_OK),
+    )?;
 
     // ---- ICMP errors about masqueraded flows ----
     step(

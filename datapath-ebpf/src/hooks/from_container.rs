@@ -116,6 +116,9 @@ fn endpoint_of(ctx: &TcContext) -> Option<Endpoint> {
 #[inline(always)]
 fn usable(e: *mut CtEntry, pkt: &Packet) -> bool {
     let f = conntrack::flags(e);
+    if !conntrack::same_direction(e, pkt) {
+        return false;
+    }
     if f & CT_REPLY != 0 {
         return true;
     }

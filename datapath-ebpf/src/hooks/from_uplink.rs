@@ -75,7 +75,7 @@ fn usable(e: *mut CtEntry, pkt: &Packet) -> bool {
     } else {
         f & CT_MASQ == 0
     };
-    ok && !conntrack::reused(e, pkt)
+    ok && conntrack::same_direction(e, pkt) && !conntrack::reused(e, pkt)
 }
 
 /// The counter bumped per packet of a flow hit with these flags.
