@@ -4,7 +4,10 @@
 //! - `cargo xtask build [--debug]`: setup, then build the `tollgate` binary (eBPF object embedded).
 //! - `cargo xtask test`: setup, lint, build, unit tests, then the privileged integration tests.
 //! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
+//! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
+//!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -44,6 +47,22 @@ enum Task {
     Test(test::TestArgs),
     /// Build (release), then run `tollgate demo`; exits with the demo's exit status.
     BuildAndRun(run::RunArgs),
+    /// Setup, build, then benchmark baseline (routed veth), iptables (Docker + Warden rules),
+    /// a userland proxy per port and tollgate, interleaved; writes results.md, results.json and
+    /// an SVG chart to --out (default target/bench).
+    Bench(bench::BenchArgs),
+    /// The bench's echo server (run in the container namespace).
+    #[command(hide = true)]
+    BenchEcho(bench::tools::EchoArgs),
+    /// The bench's docker-proxy style userland proxy, one process per port.
+    #[command(hide = true)]
+    BenchProxy(bench::tools::ProxyArgs),
+    /// The bench's listening-socket holder (proxy mode's other published ports).
+    #[command(hide = true)]
+    BenchListen(bench::tools::ListenArgs),
+    /// The bench's load generator (rr, crr).
+    #[command(hide = true)]
+    BenchLoad(bench::tools::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +72,11 @@ fn main() -> ExitCode {
         Task::Build(args) => build::run(&args).map(|_| ()),
         Task::Test(args) => test::run(&args),
         Task::BuildAndRun(args) => run::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchEcho(args) => bench::tools::echo(&args),
+        Task::BenchProxy(args) => bench::tools::proxy(&args),
+        Task::BenchListen(args) => bench::tools::listen(&args),
+        Task::BenchLoad(args) => bench::tools::load(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,10 @@
 //! `cargo xtask test`: setup, lint, build, host unit tests, then the privileged integration
 //! tests (crate `tollgate-tests`) against the release binary, passed as `TOLLGATE_BIN`.
 //!
+//! Then, unless `--no-bench`, the bench smoke run (`cargo xtask bench --quick`, every workload
+//! against every mode) checks that every mode produced numbers, and prints
+//! `bench-smoke: N passed, M failed` (one per workload metric and mode).
+//!
 //! Lint and test failures don't stop the later steps (one CI run reports them all); the task
 //! fails at the end if any step failed. A failed setup or build stops it at once. Output streams
 //! through and, when all passes, ends with cargo test's `test result:` lines.
@@ -8,7 +12,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::{build, cargo, display, is_root, run_cmd, setup};
+use crate::{bench, build, cargo, display, is_root, run_cmd, setup};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -18,6 +22,9 @@ pub struct TestArgs {
     /// Skip the privileged integration tests (crate tollgate-tests).
     #[arg(long)]
     pub no_integration: bool,
+    /// Skip the bench smoke run (`cargo xtask bench --quick`, after the integration tests).
+    #[arg(long)]
+    pub no_bench: bool,
     /// Number of integration tests run at once (each builds its own namespaces).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub test_threads: usize,
@@ -80,6 +87,30 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 .args(["--", "--test-threads", &args.test_threads.to_string()])
                 .args(harness_args),
         );
+    }
+
+    // The bench smoke run: every mode must produce numbers (their values are not checked).
+    if args.no_bench {
+        println!("skipping the bench smoke run (--no-bench)");
+    } else if !is_root() {
+        println!("skipping the bench smoke run: it needs root");
+    } else {
+        match bench::smoke(&bin) {
+            Ok((passed, missing)) => {
+                for m in &missing {
+                    eprintln!("error: bench smoke: no numbers for {m}");
+                }
+                if !missing.is_empty() {
+                    failed.push("cargo xtask bench --quick".into());
+                }
+                println!("bench-smoke: {passed} passed, {} failed", missing.len());
+            }
+            Err(err) => {
+                eprintln!("error: bench smoke run: {err:#}");
+                failed.push("cargo xtask bench --quick".into());
+                println!("bench-smoke: 0 passed, 1 failed");
+            }
+        }
     }
 
     if !failed.is_empty() {

@@ -1,0 +1,359 @@
+//! One measurement of one workload against one sandbox.
+
+use std::{
+    io::Read,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{
+    sandbox::{
+        in_ns, iptables_port_rules, kill_child, restore_input, self_exe, sh, Sandbox, ECHO_PORT,
+        INSTALL_BASE, IPERF_PORT, MEMORY_BASE,
+    },
+    tools::LoadResult,
+    Mode,
+};
+
+/// Runs a command with a wall-clock limit; returns stdout if it succeeded.
+pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<String> {
+    let shown = crate::display(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if start.elapsed() > limit || super::interrupted() {
+            kill_child(&mut child);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        t_out.join().unwrap_or_default(),
+        t_err.join().unwrap_or_default(),
+    );
+    match status {
+        None if super::interrupted() => bail!("interrupted"),
+        None => bail!("`{shown}` did not finish in {limit:?}"),
+        Some(st) if !st.success() => {
+            let msg = if stderr.trim().is_empty() {
+                stdout.trim().chars().take(400).collect::<String>()
+            } else {
+                stderr.trim().chars().take(400).collect()
+            };
+            bail!("`{shown}` failed ({st}): {msg}")
+        }
+        Some(_) => Ok(stdout),
+    }
+}
+
+/// Machine-wide CPU time from /proc/stat, in seconds: (sys + softirq, all busy).
+pub fn cpu_now() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        bail!("unexpected /proc/stat: {line}");
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // user nice system idle iowait irq softirq steal
+    let sys_softirq = v[2] + v[6];
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Ok((sys_softirq / hz, busy / hz))
+}
+
+/// iperf3 result: (Gbit/s received, bits received).
+pub fn iperf(
+    sb: &Sandbox,
+    secs: f64,
+    streams: u32,
+    reverse: bool,
+    omit: u32,
+    rate: Option<&str>,
+) -> Result<(f64, f64)> {
+    let t = sb.target(IPERF_PORT);
+    let mut cmd = in_ns(&sb.client, "iperf3");
+    cmd.args(["-c", &t.ip().to_string(), "-p", &t.port().to_string()])
+        .args(["-t", &format!("{secs}"), "-P", &streams.to_string()])
+        .args(["-J", "--connect-timeout", "3000"]);
+    if omit > 0 {
+        cmd.args(["-O", &omit.to_string()]);
+    }
+    if reverse {
+        cmd.arg("-R");
+    }
+    if let Some(r) = rate {
+        cmd.args(["-b", r]);
+    }
+    let limit = Duration::from_secs_f64(secs + f64::from(omit) + 20.0);
+    let out = run_timeout(&mut cmd, limit)?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let sum = &v["end"]["sum_received"];
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no end.sum_received.bits_per_second")?;
+    let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+    Ok((bps / 1e9, bytes * 8.0))
+}
+
+/// Runs `bench-load` in the client namespace.
+pub fn load(sb: &Sandbox, kind: &str, secs: f64, threads: usize, rate: u64) -> Result<LoadResult> {
+    let t = sb.target(ECHO_PORT);
+    let mut cmd = in_ns(&sb.client, self_exe());
+    cmd.args(["bench-load", "--kind", kind, "--target", &t.to_string()])
+        .args(["--secs", &format!("{secs}")])
+        .args(["--threads", &threads.to_string()])
+        .args(["--rate", &rate.to_string()]);
+    let out = run_timeout(&mut cmd, Duration::from_secs_f64(secs + 20.0))?;
+    let r = LoadResult::from_json(&out)?;
+    if r.transactions == 0 {
+        bail!("no transaction completed ({} errors)", r.errors);
+    }
+    Ok(r)
+}
+
+/// `VmRSS` of a process, bytes.
+pub fn rss(pid: u32) -> Result<f64> {
+    proc_kb(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// `Pss` of a process (smaps_rollup), bytes.
+pub fn pss(pid: u32) -> Result<f64> {
+    proc_kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+fn proc_kb(path: &str, key: &str) -> Result<f64> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {key} in {path}"))?;
+    Ok(kb * 1024.0)
+}
+
+/// Counts TCP listeners in `ns` on ports `first..first+count`.
+fn count_listening(ns: &str, first: u16, count: u32) -> Result<u32> {
+    let out = sh(in_ns(ns, "ss").args(["-Hltn"]))?;
+    let last = u32::from(first) + count;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| a.rsplit(':').next()?.parse::<u32>().ok())
+        .filter(|p| (u32::from(first)..last).contains(p))
+        .count() as u32)
+}
+
+/// Starts `count` proxy processes (ports from `first`) and waits until all listen; returns
+/// them and the time it took.
+pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>, f64)> {
+    let start = Instant::now();
+    let mut procs = Vec::new();
+    let res = (|| {
+        for i in 0..count {
+            let p = first + i as u16;
+            procs.push(sb.spawn_proxy(p, ECHO_PORT)?);
+        }
+        loop {
+            if count_listening(&sb.node, first, count)? == count {
+                return Ok(());
+            }
+            for c in procs.iter_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("a proxy exited ({st})");
+                }
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("proxies not listening after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })();
+    let took = start.elapsed().as_secs_f64();
+    if let Err(e) = res {
+        for c in procs.iter_mut() {
+            kill_child(c);
+        }
+        return Err(e);
+    }
+    Ok((procs, took))
+}
+
+/// What installing `n` port maps cost in one mode.
+pub struct Install {
+    /// Seconds.
+    pub secs: f64,
+    /// Bytes of memory the install added (daemon RSS; kernel memory for iptables when
+    /// measurable), if measured.
+    pub mem: Option<f64>,
+    /// `iptables -A` per rule, estimated seconds (iptables mode).
+    pub per_rule_estimate: Option<f64>,
+}
+
+/// Installs `n` port maps and removes them again. `sample` bounds the per-process estimates.
+pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
+    match sb.mode {
+        Mode::Tollgate => {
+            let pid = sb.daemon_pid().context("no daemon")?;
+            let specs: Vec<String> = (0..n)
+                .map(|i| {
+                    let p = u32::from(INSTALL_BASE) + i;
+                    format!("{p}:{p}")
+                })
+                .collect();
+            let mut args = vec!["port", "add", sb.container.as_str()];
+            args.extend(specs.iter().map(String::as_str));
+            let before = rss(pid)?;
+            let start = Instant::now();
+            sb.tg(&args)?;
+            let secs = start.elapsed().as_secs_f64();
+            let after = rss(pid)?;
+            let range = format!("{}-{}", INSTALL_BASE, u32::from(INSTALL_BASE) + n - 1);
+            sb.tg(&["port", "del", &sb.container, &range])?;
+            Ok(Install {
+                secs,
+                mem: Some((after - before).max(0.0)),
+                per_rule_estimate: None,
+            })
+        }
+        Mode::Iptables => {
+            let rules = iptables_port_rules(INSTALL_BASE, n);
+            let start = Instant::now();
+            sb.iptables_restore(&restore_input(&rules), true)?;
+            let secs = start.elapsed().as_secs_f64();
+            sb.restore_rules(sb.extra)?;
+            // One `iptables -A` per rule: time `sample` ports (3 rules each) on the base
+            // ruleset and again on top of n - sample ports; extrapolate with the mean rate.
+            let sample = sample.min(n);
+            let t0 = iptables_append(sb, sample)?;
+            sb.restore_rules(sb.extra)?;
+            let pre = iptables_port_rules(INSTALL_BASE + sample as u16, n - sample);
+            sb.iptables_restore(&restore_input(&pre), true)?;
+            let t1 = iptables_append(sb, sample)?;
+            sb.restore_rules(sb.extra)?;
+            let estimate = f64::from(n) / f64::from(sample) * (t0 + t1) / 2.0;
+            Ok(Install {
+                secs,
+                mem: None,
+                per_rule_estimate: Some(estimate),
+            })
+        }
+        Mode::Proxy => {
+            let sample = sample.min(n);
+            let (mut procs, took) = spawn_proxies(sb, INSTALL_BASE, sample)?;
+            for c in procs.iter_mut() {
+                kill_child(c);
+            }
+            Ok(Install {
+                secs: took * f64::from(n) / f64::from(sample),
+                mem: None,
+                per_rule_estimate: None,
+            })
+        }
+        Mode::Baseline => bail!("baseline publishes no ports"),
+    }
+}
+
+/// Seconds to add `ports` ports' rules (3 each) with one `iptables -A` process per rule.
+fn iptables_append(sb: &Sandbox, ports: u32) -> Result<f64> {
+    let rules = iptables_port_rules(INSTALL_BASE, ports);
+    let mut script = String::from("set -e\n");
+    for (table, r) in &rules {
+        script.push_str(&format!("iptables -w -t {table} {r}\n"));
+    }
+    let path = sb.dir.join("append.sh");
+    std::fs::write(&path, script)?;
+    let start = Instant::now();
+    sh(in_ns(&sb.node, "sh").arg(&path))?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// `bpftool map show pinned PATH -j`: (key+value bytes, max_entries, memlock bytes).
+pub fn bpf_map(path: &Path) -> Result<(f64, f64, f64)> {
+    let out = sh(Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(path)
+        .arg("-j"))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool -j output")?;
+    let f = |k: &str| v[k].as_f64().with_context(|| format!("bpftool: no {k}"));
+    Ok((
+        f("bytes_key")? + f("bytes_value")?,
+        f("max_entries")?,
+        f("bytes_memlock")?,
+    ))
+}
+
+/// Memory per published port in one mode: (bytes per port, secondary figure).
+pub struct Memory {
+    pub per_port: f64,
+    /// Proxy: RSS per process; tollgate: preallocated memlock of the port-map maps.
+    pub other: Option<f64>,
+    /// Tollgate: map slots.
+    pub slots: Option<f64>,
+}
+
+pub fn memory(sb: &Sandbox, sample: u32) -> Result<Memory> {
+    match sb.mode {
+        Mode::Proxy => {
+            let (mut procs, _) = spawn_proxies(sb, MEMORY_BASE, sample)?;
+            let r = (|| {
+                let (mut p, mut r) = (0.0, 0.0);
+                for c in &procs {
+                    p += pss(c.id())?;
+                    r += rss(c.id())?;
+                }
+                Ok(Memory {
+                    per_port: p / f64::from(sample),
+                    other: Some(r / f64::from(sample)),
+                    slots: None,
+                })
+            })();
+            for c in procs.iter_mut() {
+                kill_child(c);
+            }
+            r
+        }
+        Mode::Tollgate => {
+            let maps = sb.bpffs.join("maps");
+            let (pm_kv, pm_max, pm_mem) = bpf_map(&maps.join("TG_PORTMAP"))?;
+            let (g_kv, _, g_mem) = bpf_map(&maps.join("TG_PORT_GUARD"))?;
+            Ok(Memory {
+                per_port: pm_kv + g_kv,
+                other: Some(pm_mem + g_mem),
+                slots: Some(pm_max),
+            })
+        }
+        _ => bail!("no per-port memory in this mode"),
+    }
+}
