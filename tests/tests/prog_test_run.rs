@@ -390,49 +390,49 @@ fn cases() -> Vec<Case> {
             "TCP SYN to a published port is DNATed",
             "from_uplink",
             syn.build(),
-            rewritten(syn.clone().with_dst(C1, 80)),
+            forwarded(syn.clone().with_dst(C1, 80)),
         ),
         case(
             "the next packet of that flow is DNATed from conntrack",
             "from_uplink",
             Frame::tcp(CLIENT, 40000, HOST, 8080, TCP_ACK).build(),
-            rewritten(Frame::tcp(CLIENT, 40000, C1, 80, TCP_ACK)),
+            forwarded(Frame::tcp(CLIENT, 40000, C1, 80, TCP_ACK)),
         ),
         case(
             "UDP datagram to a published port is DNATed",
             "from_uplink",
             dgram.build(),
-            rewritten(dgram.clone().with_dst(C1, 53)),
+            forwarded(dgram.clone().with_dst(C1, 53)),
         ),
         case(
             "UDP with a zero checksum is DNATed and its checksum stays zero",
             "from_uplink",
             zero_udp.build(),
-            rewritten(zero_udp.clone().with_dst(C1, 53)),
+            forwarded(zero_udp.clone().with_dst(C1, 53)),
         ),
         case(
             "IPv4 with options: IHL is honoured, L4 found after the options and DNATed",
             "from_uplink",
             opts.build(),
-            rewritten(opts.clone().with_dst(C1, 80)),
+            forwarded(opts.clone().with_dst(C1, 80)),
         ),
         case(
             "a mid-flow TCP packet with no conntrack entry is DNATed (flows survive CT loss)",
             "from_uplink",
             mid_flow.build(),
-            rewritten(mid_flow.clone().with_dst(C1, 80)),
+            forwarded(mid_flow.clone().with_dst(C1, 80)),
         ),
         case(
             "a map on a specific host IP applies even though that IP is not in TG_LOCAL_ADDRS",
             "from_uplink",
             specific.build(),
-            rewritten(specific.clone().with_dst(C2, 90)),
+            forwarded(specific.clone().with_dst(C2, 90)),
         ),
         case(
             "TCP SYN from a client the node has no route back to is DNATed all the same",
             "from_uplink",
             Frame::tcp(UNROUTED, 40009, HOST, 8080, TCP_SYN).build(),
-            rewritten(Frame::tcp(UNROUTED, 40009, C1, 80, TCP_SYN)),
+            forwarded(Frame::tcp(UNROUTED, 40009, C1, 80, TCP_SYN)),
         ),
         case(
             "unmapped port passes untouched",
@@ -1197,7 +1197,7 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         "masquerade: the SYN-ACK is translated back to the container",
         "from_uplink",
         &Frame::tcp(CLIENT, 443, HOST, p, TCP_SYN | TCP_ACK),
-        ok(Frame::tcp(CLIENT, 443, C1, 40000, TCP_SYN | TCP_ACK)),
+        redirected(Frame::tcp(CLIENT, 443, C1, 40000, TCP_SYN | TCP_ACK)),
     )?;
     step(
         b,
@@ -1225,7 +1225,7 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         "masquerade: UDP reply translated back",
         "from_uplink",
         &Frame::udp(CLIENT, 53, HOST, q),
-        ok(Frame::udp(CLIENT, 53, C1, 5000)),
+        redirected(Frame::udp(CLIENT, 53, C1, 5000)),
     )?;
 
     // ---- masquerade: ICMP echo ----
@@ -1246,7 +1246,7 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         "masquerade: echo reply translated back (address and id)",
         "from_uplink",
         &echo(CLIENT, HOST, r, 0),
-        ok(echo(CLIENT, C1, 7, 0)),
+        redirected(echo(CLIENT, C1, 7, 0)),
     )?;
     step(
         b,
@@ -1349,7 +1349,7 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         "port map: inbound SYN DNATed as before",
         "from_uplink",
         &Frame::tcp(CLIENT, 41000, HOST, 8080, TCP_SYN),
-        ok(Frame::tcp(CLIENT, 41000, C1, 80, TCP_SYN)),
+        redirected(Frame::tcp(CLIENT, 41000, C1, 80, TCP_SYN)),
     )?;
     step(
         b,

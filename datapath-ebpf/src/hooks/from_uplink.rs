@@ -6,9 +6,10 @@
 //!                                   +-- to a published port: DNAT hostip:P -> cip:cport' -------------+--> node stack --> [tgXXXX] --> container
 //!                                   +-- straight to a container IP (routed): tracked, untouched ------+
 //! ```
-//! Rewritten packets are handed back to the node stack (TC_ACT_OK), which forwards them: their
-//! source is the outside peer's, so no martian check stands in the way. The client address is
-//! kept. Everything else passes untouched.
+//! Translated packets (port maps, masquerade replies) are forwarded by FIB lookup +
+//! `bpf_redirect_neigh` straight to the container's host veth (falling back to the node stack
+//! when the FIB has no forwarding route); the client address is kept. Routed flows and ICMP
+//! errors go through the node stack (TC_ACT_OK). Everything else passes untouched.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -21,7 +22,7 @@ use crate::{
     config, conntrack,
     nat::{self, dnat, icmp},
     packet::Packet,
-    policy,
+    policy, redirect,
     verdict::{self, Skip, Stop},
 };
 
@@ -58,6 +59,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Stop> {
     conntrack::touch(e, other, &pkt, ctx.len(), now);
     if let Some(c) = counter {
         verdict::count(c);
+    }
+    if counter.is_some() {
+        // Fast path: a translated packet goes straight to the container's veth (FIB lookup +
+        // bpf_redirect_neigh), skipping the node's IP input, netfilter and forwarding; the
+        // veth's egress hook (to_container: rx stats, ingress limit) still runs. Without a
+        // forwarding route it falls back to the stack.
+        return Ok(redirect::forward(ctx, &pkt)?);
     }
     Ok(TC_ACT_OK)
 }
