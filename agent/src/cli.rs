@@ -232,7 +232,7 @@ pub enum LimitCmd {
         egress: Option<String>,
         #[arg(long)]
         ingress: Option<String>,
-        /// Bucket depth, e.g. 256kb (default: 20 ms at the rate, at least 64kb).
+        /// Bucket depth, e.g. 512kb (default: sized for TCP at that rate, see docs/ratelimit.md).
         #[arg(long)]
         burst: Option<String>,
     },

@@ -224,7 +224,7 @@ mod tests {
         };
         let b = l.buckets();
         assert_eq!(b.egress.rate, 1_000_000);
-        assert_eq!(b.egress.depth, 100_000 * 1_000_000_000);
+        assert_eq!(b.egress.depth, 100_000);
         assert_eq!(b.ingress.rate, 0, "no ingress limit");
     }
 }

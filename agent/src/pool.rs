@@ -71,22 +71,18 @@ impl Pool {
     }
 }
 
-/// First port of `range` not in `used` and for which `free` says yes.
+/// First port of `range` for which `free` says yes.
 pub fn allocate_port(
     range: &RangeInclusive<u16>,
-    used: &HashSet<u16>,
     mut free: impl FnMut(u16) -> bool,
 ) -> Result<u16> {
-    range
-        .clone()
-        .find(|p| !used.contains(p) && free(*p))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no free host port left in --port-range {}-{}",
-                range.start(),
-                range.end()
-            )
-        })
+    range.clone().find(|p| free(*p)).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no free host port left in --port-range {}-{}",
+            range.start(),
+            range.end()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -132,10 +128,8 @@ mod tests {
     #[test]
     fn port_allocation() {
         let used: HashSet<u16> = [61001, 61002].into_iter().collect();
-        assert_eq!(
-            allocate_port(&(61001..=61010), &used, |p| p != 61003).unwrap(),
-            61004
-        );
-        assert!(allocate_port(&(61001..=61002), &used, |_| true).is_err());
+        let free = |p: u16| !used.contains(&p) && p != 61003;
+        assert_eq!(allocate_port(&(61001..=61010), free).unwrap(), 61004);
+        assert!(allocate_port(&(61001..=61002), |p| !used.contains(&p)).is_err());
     }
 }

@@ -107,7 +107,8 @@ impl Store {
 
     pub fn save(&self, state: &State) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(state)?;
+        // Compact: with 10,000 port maps the file is rewritten on every change.
+        let data = serde_json::to_vec(state)?;
         let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&data)?;
         f.sync_all()?;
