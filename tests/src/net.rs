@@ -426,15 +426,15 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit");
     }
-    let target = want.min(r.rlim_max as u64);
-    if (r.rlim_cur as u64) < target {
-        r.rlim_cur = target as libc::rlim_t;
+    let target = want.min(r.rlim_max);
+    if r.rlim_cur < target {
+        r.rlim_cur = target;
         // SAFETY: valid rlimit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
             return Err(std::io::Error::last_os_error()).context("setrlimit");
         }
     }
-    Ok(target.max(r.rlim_cur as u64))
+    Ok(target.max(r.rlim_cur))
 }
 
 /// A TCP echo server for many concurrent connections: one thread, `poll(2)` over every

@@ -418,3 +418,43 @@ fn refusals_say_error_and_change_nothing() {
     let after = (policy(&sb, &a), policy(&sb, &b));
     assert_eq!(before, after, "refused commands changed the policy");
 }
+
+#[test]
+fn policy_and_links_survive_a_daemon_restart() {
+    let mut sb = sandbox!("pol-restart");
+    let (a, a_ns, _) = sb.container("a");
+    let (b, b_ns, b_ip) = sb.container("b");
+    let _bt = tcp_echo(&b_ns, 80, "B").unwrap();
+    let _t80 = tcp_echo(&sb.client, 80, "out80").unwrap();
+    let _t81 = tcp_echo(&sb.client, 81, "out81").unwrap();
+    sb.ok(&["policy", "egress", &a, "deny"]);
+    sb.ok(&[
+        "policy",
+        "allow",
+        &a,
+        &format!("{}/32:80/tcp", sb.client_ip),
+    ]);
+    sb.ok(&["policy", "link", &a, &b]);
+    let before = policy(&sb, &a);
+
+    sb.kill_daemon();
+    sb.start_daemon().unwrap();
+    assert_eq!(
+        policy(&sb, &a),
+        before,
+        "policy changed across kill -9 + restart"
+    );
+    reaches(&a_ns, sb.client_ip, 80, "out80");
+    reaches(&a_ns, b_ip, 80, "B");
+    blocked(&a_ns, sb.client_ip, 81);
+
+    sb.stop_daemon();
+    sb.start_daemon().unwrap();
+    assert_eq!(
+        policy(&sb, &a),
+        before,
+        "policy changed across a clean restart"
+    );
+    blocked(&a_ns, sb.client_ip, 81);
+    reaches(&a_ns, sb.client_ip, 80, "out80");
+}
