@@ -4,16 +4,21 @@
 //! - from outside: `hooks::from_uplink` -> `packet` -> `nat::icmp` (errors about translated
 //!   flows) -> `conntrack` -> `nat::snat::rev_snat` (masquerade replies) | `nat::dnat` (port
 //!   maps) -> `verdict`;
-//! - from a container: `hooks::from_container` -> anti-spoofing -> `packet` -> `conntrack` ->
+//! - from a container: `hooks::from_container` -> `ratelimit` (egress) -> anti-spoofing -> `packet` -> `conntrack` ->
 //!   new flows: `policy` -> `nat::snat::masquerade` | `nat::dnat` (hairpin) | plain tracking;
 //!   then `nat` (`rev_*` for replies) -> `redirect` -> `verdict`;
-//! - to a container: `hooks::to_container` (accounting);
+//! - to a container: `hooks::to_container` (accounting, `ratelimit` ingress);
 //! - from node processes: `hooks::sock` rewrites socket addresses instead of packets.
 //!
 //! Nothing here keeps global variables: the agent reuses pinned programs across restarts, so
 //! every setting lives in the `TG_CONFIG` map.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_cxchg: core::sync::atomic has no CAS on bpfel-unknown-none (ratelimit)"
+)]
 
 mod config;
 mod conntrack;
@@ -22,6 +27,7 @@ mod maps;
 mod nat;
 mod packet;
 mod policy;
+mod ratelimit;
 mod redirect;
 mod verdict;
 

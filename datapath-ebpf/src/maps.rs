@@ -55,8 +55,8 @@ pub static TG_POLICY: LpmTrie<PolicyKey, PolicyChain, { POLICY_MAX as usize }> =
 #[btf_map]
 pub static TG_EP_STATS: PerCpuArray<EpStats, { ENDPOINTS_MAX as usize }> = PerCpuArray::new();
 
-/// Per-container token buckets by endpoint id. Agent writes. Declared so the object holds
-/// every map of `datapath_common::maps::ALL`; no program polices yet.
+/// Per-container token buckets by endpoint id. Agent writes whole values (full buckets);
+/// `from_container` (egress) and `to_container` (ingress) advance `tat` by compare-and-swap.
 #[btf_map]
 pub static TG_RATELIMIT: Array<RateLimit, { ENDPOINTS_MAX as usize }> = Array::new();
 

@@ -1,7 +1,8 @@
 //! `from_container`: TC (TCX) ingress of each container's host-side veth.
 //!
 //! ```text
-//! container A --> [tgA] from_container --+-- source is not A's IP:              drop (Spoof)
+//! container A --> [tgA] from_container --+-- over A's egress limit:              drop (RateLimit)
+//!                                        +-- source is not A's IP:              drop (Spoof)
 //!                                        +-- conntrack hit:
 //!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
 //!                                        |     masqueraded flow:            source to snat_ip:port  --> FIB redirect (uplink)
@@ -41,7 +42,9 @@ use crate::{
     maps::TG_EP_BY_IF,
     nat::{self, dnat, snat},
     packet::{self, Packet},
-    policy, redirect,
+    policy,
+    ratelimit::{self, Way},
+    redirect,
     verdict::{self, Dir, Skip, Stop},
 };
 
@@ -56,6 +59,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     verdict::count_ep(ep.id, Dir::Tx, ctx.len());
+    // Before anything looks at the packet: the limit covers all the container sends,
+    // to the outside, to the node and to other containers alike.
+    if let Err(r) = ratelimit::police_skb(&ctx, ep.id, Way::Egress) {
+        return verdict::tc_for(Err(r.into()), ep.id);
+    }
     verdict::tc_for(try_from_container(&ctx, &ep), ep.id)
 }
 

@@ -3,14 +3,16 @@
 //! by `from_container`/`from_uplink`, or sent by the node itself).
 //!
 //! ```text
-//! node stack / redirect --> [tgXXXX egress] to_container: count rx --> container
+//! node stack / redirect --> [tgXXXX egress] to_container: count rx, police ingress --> container
 //! ```
-//! Only accounting for now (rate limiting will hook in here); every packet passes.
+//! Every packet the container receives pays from its ingress bucket (`ratelimit`); over the
+//! limit it is dropped (`RateLimit`), otherwise it passes.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 
 use crate::{
     maps::TG_EP_BY_IF,
+    ratelimit::{self, Way},
     verdict::{self, Dir},
 };
 
@@ -23,6 +25,9 @@ pub fn to_container(ctx: TcContext) -> i32 {
         // SAFETY: pointer from a lookup in this run; one field copied out.
         let id = unsafe { (*ep).id };
         verdict::count_ep(id, Dir::Rx, ctx.len());
+        if let Err(r) = ratelimit::police_skb(&ctx, id, Way::Ingress) {
+            return verdict::tc_for(Err(r.into()), id);
+        }
     }
     TC_ACT_OK
 }
