@@ -568,35 +568,38 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                     plan.install_sample, plan.install_sample
                 ));
             }
-            if publishing.contains(&Mode::Tollgate) {
-                define(
-                    &mut report,
-                    Workload::Install,
-                    format!("install_{n}_rss"),
-                    format!("daemon RSS growth for {nn} port maps"),
-                    "KiB",
-                    false,
-                    &[Mode::Tollgate],
-                );
-            }
         }
     }
     if want(Workload::Memory) {
-        let mem_modes: Vec<Mode> = publishing
-            .iter()
-            .copied()
-            .filter(|m| matches!(m, Mode::Proxy | Mode::Tollgate))
-            .collect();
+        for &n in &plan.install_sizes {
+            let nn = report::num(f64::from(n));
+            define(
+                &mut report,
+                Workload::Memory,
+                format!("mem_{n}"),
+                format!("memory taken by {nn} published ports, all in"),
+                "KiB",
+                false,
+                &publishing,
+            );
+        }
         define(
             &mut report,
             Workload::Memory,
             "mem_port",
-            "memory per published port: proxy PSS per process; tollgate BPF key+value bytes",
+            "memory per published port, all in",
             "bytes",
             false,
-            &mem_modes,
+            &publishing,
         );
-        if mem_modes.contains(&Mode::Proxy) {
+        report.metric_mut("mem_port").note = Some(
+            "iptables: kernel memory charged to a temporary memory cgroup that \
+             `iptables-restore` ran in (Docker's 3 rules per port); proxy: PSS of one proxy \
+             process (measured over a sample of processes); tollgate: growth of a fresh \
+             daemon's RSS plus the memlock growth of TG_PORTMAP and TG_PORT_GUARD"
+                .into(),
+        );
+        if publishing.contains(&Mode::Proxy) {
             define(
                 &mut report,
                 Workload::Memory,
@@ -607,7 +610,16 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 &[Mode::Proxy],
             );
         }
-        if mem_modes.contains(&Mode::Tollgate) {
+        if publishing.contains(&Mode::Tollgate) {
+            define(
+                &mut report,
+                Workload::Memory,
+                "mem_bpf_kv",
+                "BPF key+value bytes per port map (TG_PORTMAP + TG_PORT_GUARD)",
+                "bytes",
+                false,
+                &[Mode::Tollgate],
+            );
             define(
                 &mut report,
                 Workload::Memory,
@@ -648,7 +660,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
         t0.elapsed().as_secs_f64()
     );
 
-    let res = run_workloads(&mut report, &mut boxes, &plan, &want);
+    let res = run_workloads(&mut report, &mut boxes, &plan, &want, tollgate);
     drop(boxes);
     res?;
     report.meta.insert(
@@ -702,6 +714,7 @@ fn run_workloads(
     boxes: &mut [Sandbox],
     plan: &Plan,
     want: &dyn Fn(Workload) -> bool,
+    tollgate: &Path,
 ) -> Result<()> {
     if want(Workload::Stream) {
         for reverse in [false, true] {
@@ -818,7 +831,6 @@ fn run_workloads(
                 format!("install_{n}"),
                 format!("install_{n}_each"),
                 format!("install_{n}_proxy"),
-                format!("install_{n}_rss"),
             ];
             let sample = plan.install_sample;
             let what = format!("install {n}");
@@ -846,10 +858,6 @@ fn run_workloads(
                                 report.record(&ids[1], mode, e);
                                 print!(" {}={e:.2}s", ids[1]);
                             }
-                            if let (Some(m), Mode::Tollgate) = (r.mem, mode) {
-                                report.record(&ids[3], mode, m / 1024.0);
-                                print!(" {}={:.0}KiB", ids[3], m / 1024.0);
-                            }
                             println!();
                         }
                         Err(e) => {
@@ -872,40 +880,60 @@ fn run_workloads(
     }
     if want(Workload::Memory) {
         let sample = plan.memory_sample;
-        for sb in boxes.iter_mut() {
-            check_interrupted()?;
-            let mode = sb.mode;
-            if !matches!(mode, Mode::Proxy | Mode::Tollgate) {
-                continue;
-            }
-            match workloads::memory(sb, sample) {
-                Ok(m) => {
-                    println!(
-                        "bench: memory {:<9} per port {:.0} B",
-                        mode.name(),
-                        m.per_port
-                    );
-                    report.record("mem_port", mode, m.per_port);
-                    match mode {
-                        Mode::Proxy => {
-                            if let Some(r) = m.other {
-                                report.record("mem_proxy_rss", mode, r);
-                            }
+        let largest = plan.install_sizes.iter().copied().max().unwrap_or(1);
+        for &n in &plan.install_sizes {
+            for sb in boxes.iter() {
+                check_interrupted()?;
+                let mode = sb.mode;
+                if mode == Mode::Baseline {
+                    continue;
+                }
+                // A fresh daemon for tollgate: freed heap is not given back, so a daemon that
+                // held more maps before would hide the growth.
+                let fresh = if mode == Mode::Tollgate {
+                    match Sandbox::named(mode, tollgate, &format!("m{n}")) {
+                        Ok(sb) => Some(sb),
+                        Err(e) => {
+                            report.fail(&format!("mem_{n}"), mode, format!("{e:#}"));
+                            continue;
                         }
-                        _ => {
-                            if let Some(r) = m.other {
-                                report.record("mem_bpf_memlock", mode, r / 1024.0);
-                            }
-                            if let Some(s) = m.slots {
-                                report.record("mem_bpf_slots", mode, s);
+                    }
+                } else {
+                    None
+                };
+                let sb = fresh.as_ref().unwrap_or(sb);
+                match workloads::memory(sb, n, sample) {
+                    Ok(m) => {
+                        println!(
+                            "bench: memory {n} {:<9} {:.0} KiB, {:.0} B per port",
+                            mode.name(),
+                            m.total / 1024.0,
+                            m.total / f64::from(n)
+                        );
+                        report.record(&format!("mem_{n}"), mode, m.total / 1024.0);
+                        if n == largest {
+                            report.record("mem_port", mode, m.total / f64::from(n));
+                            match (mode, m.detail, m.memlock) {
+                                (Mode::Proxy, Some(r), _) => {
+                                    report.record("mem_proxy_rss", mode, r)
+                                }
+                                (Mode::Tollgate, Some(kv), Some((mem, slots))) => {
+                                    report.record("mem_bpf_kv", mode, kv);
+                                    report.record("mem_bpf_memlock", mode, mem / 1024.0);
+                                    report.record("mem_bpf_slots", mode, slots);
+                                }
+                                _ => {}
                             }
                         }
                     }
-                }
-                Err(e) => {
-                    check_interrupted()?;
-                    println!("bench: memory {} FAILED: {e:#}", mode.name());
-                    report.fail("mem_port", mode, format!("{e:#}"));
+                    Err(e) => {
+                        check_interrupted()?;
+                        println!("bench: memory {n} {} FAILED: {e:#}", mode.name());
+                        report.fail(&format!("mem_{n}"), mode, format!("{e:#}"));
+                        if n == largest {
+                            report.fail("mem_port", mode, format!("{e:#}"));
+                        }
+                    }
                 }
             }
         }

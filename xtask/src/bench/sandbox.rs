@@ -264,8 +264,13 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(mode: Mode, tollgate: &Path) -> Result<Self> {
+        Self::named(mode, tollgate, "")
+    }
+
+    /// A sandbox whose names carry `suffix` too (a second one of the same mode).
+    pub fn named(mode: Mode, tollgate: &Path, suffix: &str) -> Result<Self> {
         let pid = std::process::id();
-        let tag = format!("tgb{pid}{}", mode.short());
+        let tag = format!("tgb{pid}{}{suffix}", mode.short());
         let dir = crate::repo_root()
             .join("target")
             .join("bench-run")

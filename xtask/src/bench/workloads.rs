@@ -214,9 +214,6 @@ pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>
 pub struct Install {
     /// Seconds.
     pub secs: f64,
-    /// Bytes of memory the install added (daemon RSS; kernel memory for iptables when
-    /// measurable), if measured.
-    pub mem: Option<f64>,
     /// `iptables -A` per rule, estimated seconds (iptables mode).
     pub per_rule_estimate: Option<f64>,
 }
@@ -225,7 +222,6 @@ pub struct Install {
 pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
     match sb.mode {
         Mode::Tollgate => {
-            let pid = sb.daemon_pid().context("no daemon")?;
             let specs: Vec<String> = (0..n)
                 .map(|i| {
                     let p = u32::from(INSTALL_BASE) + i;
@@ -234,23 +230,23 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
                 .collect();
             let mut args = vec!["port", "add", sb.container.as_str()];
             args.extend(specs.iter().map(String::as_str));
-            let before = rss(pid)?;
             let start = Instant::now();
             sb.tg(&args)?;
             let secs = start.elapsed().as_secs_f64();
-            let after = rss(pid)?;
             let range = format!("{}-{}", INSTALL_BASE, u32::from(INSTALL_BASE) + n - 1);
             sb.tg(&["port", "del", &sb.container, &range])?;
             Ok(Install {
                 secs,
-                mem: Some((after - before).max(0.0)),
                 per_rule_estimate: None,
             })
         }
         Mode::Iptables => {
             let rules = iptables_port_rules(INSTALL_BASE, n);
+            std::fs::write(sb.dir.join("install.txt"), restore_input(&rules))?;
+            let mut restore = in_ns(&sb.node, "iptables-restore");
+            restore.arg("--noflush").arg(sb.dir.join("install.txt"));
             let start = Instant::now();
-            sb.iptables_restore(&restore_input(&rules), true)?;
+            sh(&mut restore)?;
             let secs = start.elapsed().as_secs_f64();
             sb.restore_rules(sb.extra)?;
             // One `iptables -A` per rule: time `sample` ports (3 rules each) on the base
@@ -265,7 +261,6 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
             let estimate = f64::from(n) / f64::from(sample) * (t0 + t1) / 2.0;
             Ok(Install {
                 secs,
-                mem: None,
                 per_rule_estimate: Some(estimate),
             })
         }
@@ -277,12 +272,57 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
             }
             Ok(Install {
                 secs: took * f64::from(n) / f64::from(sample),
-                mem: None,
                 per_rule_estimate: None,
             })
         }
         Mode::Baseline => bail!("baseline publishes no ports"),
     }
+}
+
+/// Runs `cmd` in a memory cgroup of its own and returns (seconds, kernel memory it left
+/// charged, bytes). The kernel memory nf_tables allocates for rules is charged to the cgroup of
+/// the process that adds them and stays there after it exits. `None` when no memory cgroup can
+/// be made (the time is still measured). The cgroup is removed afterwards.
+fn kernel_memory_of(mut cmd: Command) -> Result<(f64, Option<f64>)> {
+    let name = format!("tgb-{}", std::process::id());
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let v2_root = Path::new("/sys/fs/cgroup");
+    let (dir, counter) = if v1.join("memory.usage_in_bytes").exists() {
+        (v1.join(&name), "memory.kmem.usage_in_bytes")
+    } else if std::fs::read_to_string(v2_root.join("cgroup.subtree_control"))
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+    {
+        (v2_root.join(&name), "memory.current")
+    } else {
+        let start = Instant::now();
+        sh(&mut cmd)?;
+        return Ok((start.elapsed().as_secs_f64(), None));
+    };
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let read = |f: &str| -> Option<f64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let procs = dir.join("cgroup.procs");
+    // The child joins the cgroup before it runs the command.
+    let script = format!("echo $$ > '{}' && exec \"$@\"", procs.display());
+    let mut wrapped = Command::new("sh");
+    wrapped
+        .args(["-c", &script, "sh"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    let before = read(counter).unwrap_or(0.0);
+    let start = Instant::now();
+    let r = sh(&mut wrapped);
+    let secs = start.elapsed().as_secs_f64();
+    let after = read(counter);
+    let _ = std::fs::remove_dir(&dir);
+    r?;
+    Ok((secs, after.map(|a| (a - before).max(0.0))))
 }
 
 /// Seconds to add `ports` ports' rules (3 each) with one `iptables -A` process per rule.
@@ -314,18 +354,22 @@ pub fn bpf_map(path: &Path) -> Result<(f64, f64, f64)> {
     ))
 }
 
-/// Memory per published port in one mode: (bytes per port, secondary figure).
+/// Memory that `n` published ports take in one mode, all in, bytes.
 pub struct Memory {
-    pub per_port: f64,
-    /// Proxy: RSS per process; tollgate: preallocated memlock of the port-map maps.
-    pub other: Option<f64>,
-    /// Tollgate: map slots.
-    pub slots: Option<f64>,
+    pub total: f64,
+    /// Proxy: RSS per process; tollgate: key+value bytes of one map in TG_PORTMAP and
+    /// TG_PORT_GUARD.
+    pub detail: Option<f64>,
+    /// Tollgate: memlock of the two maps (whole tables) and TG_PORTMAP's max_entries.
+    pub memlock: Option<(f64, f64)>,
 }
 
-pub fn memory(sb: &Sandbox, sample: u32) -> Result<Memory> {
+/// `sb` must be fresh for the tollgate mode (a daemon that never held more maps), since freed
+/// heap is not returned to the system.
+pub fn memory(sb: &Sandbox, n: u32, sample: u32) -> Result<Memory> {
     match sb.mode {
         Mode::Proxy => {
+            let sample = sample.min(n);
             let (mut procs, _) = spawn_proxies(sb, MEMORY_BASE, sample)?;
             let r = (|| {
                 let (mut p, mut r) = (0.0, 0.0);
@@ -333,10 +377,11 @@ pub fn memory(sb: &Sandbox, sample: u32) -> Result<Memory> {
                     p += pss(c.id())?;
                     r += rss(c.id())?;
                 }
+                let k = f64::from(sample);
                 Ok(Memory {
-                    per_port: p / f64::from(sample),
-                    other: Some(r / f64::from(sample)),
-                    slots: None,
+                    total: p / k * f64::from(n),
+                    detail: Some(r / k),
+                    memlock: None,
                 })
             })();
             for c in procs.iter_mut() {
@@ -344,16 +389,46 @@ pub fn memory(sb: &Sandbox, sample: u32) -> Result<Memory> {
             }
             r
         }
-        Mode::Tollgate => {
-            let maps = sb.bpffs.join("maps");
-            let (pm_kv, pm_max, pm_mem) = bpf_map(&maps.join("TG_PORTMAP"))?;
-            let (g_kv, _, g_mem) = bpf_map(&maps.join("TG_PORT_GUARD"))?;
+        Mode::Iptables => {
+            let rules = iptables_port_rules(INSTALL_BASE, n);
+            std::fs::write(sb.dir.join("install.txt"), restore_input(&rules))?;
+            let mut restore = in_ns(&sb.node, "iptables-restore");
+            restore.arg("--noflush").arg(sb.dir.join("install.txt"));
+            let (_, mem) = kernel_memory_of(restore)?;
+            sb.restore_rules(sb.extra)?;
             Ok(Memory {
-                per_port: pm_kv + g_kv,
-                other: Some(pm_mem + g_mem),
-                slots: Some(pm_max),
+                total: mem.context("no memory cgroup to measure the kernel's share")?,
+                detail: None,
+                memlock: None,
             })
         }
-        _ => bail!("no per-port memory in this mode"),
+        Mode::Tollgate => {
+            let pid = sb.daemon_pid().context("no daemon")?;
+            let maps = sb.bpffs.join("maps");
+            let both = || -> Result<(f64, f64, f64)> {
+                let (a_kv, a_max, a_mem) = bpf_map(&maps.join("TG_PORTMAP"))?;
+                let (b_kv, _, b_mem) = bpf_map(&maps.join("TG_PORT_GUARD"))?;
+                Ok((a_kv + b_kv, a_max, a_mem + b_mem))
+            };
+            let (kv, slots, mem0) = both()?;
+            let rss0 = rss(pid)?;
+            let specs: Vec<String> = (0..n)
+                .map(|i| {
+                    let p = u32::from(INSTALL_BASE) + i;
+                    format!("{p}:{p}")
+                })
+                .collect();
+            let mut args = vec!["port", "add", sb.container.as_str()];
+            args.extend(specs.iter().map(String::as_str));
+            sb.tg(&args)?;
+            let (_, _, mem1) = both()?;
+            let rss1 = rss(pid)?;
+            Ok(Memory {
+                total: (rss1 - rss0).max(0.0) + (mem1 - mem0).max(0.0),
+                detail: Some(kv),
+                memlock: Some((mem1, slots)),
+            })
+        }
+        Mode::Baseline => bail!("baseline publishes no ports"),
     }
 }
