@@ -1,96 +1,60 @@
-//! Which ports node processes already hold, from /proc/net/{tcp,udp} of the daemon's
-//! namespace (a port map over them would silently steal or lose their traffic).
+//! Whether a node process already holds a port (a port map over it would silently steal or
+//! lose its traffic). Asked of the kernel directly by trying to bind the port in the daemon's
+//! namespace: exact for every address and far cheaper than reading /proc/net/{tcp,udp},
+//! whose cost grows with every socket of every namespace on the machine.
 
-use std::net::Ipv4Addr;
-
-use anyhow::{Context, Result};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+};
 
 use crate::ports::Proto;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listener {
-    pub ip: Ipv4Addr,
-    pub port: u16,
-}
-
-/// Parses /proc/net/tcp or /proc/net/udp text; TCP keeps LISTEN sockets only, UDP every bound
-/// socket.
-pub fn parse(text: &str, proto: Proto) -> Vec<Listener> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (local, state) = (f.get(1)?, f.get(3)?);
-            if proto == Proto::Tcp && *state != "0A" {
-                return None;
-            }
-            let (ip, port) = local.split_once(':')?;
-            // The address is the kernel's __be32 printed as a host-order integer.
-            let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
-            let port = u16::from_str_radix(port, 16).ok()?;
-            Some(Listener { ip, port })
-        })
-        .collect()
-}
-
-pub fn current(proto: Proto) -> Result<Vec<Listener>> {
-    let path = match proto {
-        Proto::Tcp => "/proc/net/tcp",
-        Proto::Udp => "/proc/net/udp",
+/// True when `ip:port` (every address when None) cannot be bound for `proto` because a socket
+/// holds it: a TCP listener (SO_REUSEADDR, as servers use, so TIME_WAIT leftovers do not
+/// count) or any bound UDP socket. A host IP that is not the node's cannot be held by a node
+/// process, so it is reported free.
+pub fn held(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    Ok(parse(&text, proto))
-}
-
-/// Whether a listener conflicts with a map on `host_ip` (None = every local address).
-pub fn conflicts(l: &Listener, host_ip: Option<Ipv4Addr>, port: u16) -> bool {
-    l.port == port && (l.ip.is_unspecified() || host_ip.is_none() || Some(l.ip) == host_ip)
+    let ty = match proto {
+        Proto::Tcp => SockType::Stream,
+        Proto::Udp => SockType::Datagram,
+    };
+    let Ok(fd) = socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None) else {
+        return false;
+    };
+    if proto == Proto::Tcp {
+        let _ = setsockopt(&fd, sockopt::ReuseAddr, &true);
+    }
+    let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
+    matches!(
+        bind(fd.as_raw_fd(), &addr),
+        Err(nix::errno::Errno::EADDRINUSE)
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0
-   2: 0100007F:A000 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
-";
-
     #[test]
-    fn parses_listeners() {
-        let l = parse(TCP, Proto::Tcp);
-        assert_eq!(
-            l,
-            vec![
-                Listener {
-                    ip: Ipv4Addr::UNSPECIFIED,
-                    port: 8080
-                },
-                Listener {
-                    ip: Ipv4Addr::LOCALHOST,
-                    port: 80
-                },
-            ]
+    fn a_listener_holds_its_port_and_a_closed_one_does_not() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(
+            held(None, port, Proto::Tcp),
+            "wildcard overlaps the loopback listener"
         );
-        // UDP counts every bound socket whatever its state.
-        assert_eq!(parse(TCP, Proto::Udp).len(), 3);
-    }
-
-    #[test]
-    fn conflict_rules() {
-        let any = Listener {
-            ip: Ipv4Addr::UNSPECIFIED,
-            port: 80,
-        };
-        let lo = Listener {
-            ip: Ipv4Addr::LOCALHOST,
-            port: 80,
-        };
-        let other = Some(Ipv4Addr::new(10, 0, 0, 1));
-        assert!(conflicts(&any, other, 80));
-        assert!(conflicts(&lo, None, 80));
-        assert!(!conflicts(&lo, other, 80));
-        assert!(!conflicts(&any, None, 81));
+        assert!(held(Some(Ipv4Addr::LOCALHOST), port, Proto::Tcp));
+        let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let uport = u.local_addr().unwrap().port();
+        assert!(held(None, uport, Proto::Udp));
+        drop((l, u));
+        assert!(!held(None, port, Proto::Tcp));
+        assert!(!held(None, uport, Proto::Udp));
+        // Not a node address: nothing can hold it.
+        assert!(!held(Some(Ipv4Addr::new(192, 0, 2, 1)), port, Proto::Tcp));
     }
 }

@@ -83,6 +83,16 @@ impl Node {
     }
 
     /// Saves `next` as the state; on failure the in-memory state stays as it was.
+    /// Like `commit` for a port-map change: journaled (one small fsynced append) instead of a
+    /// full snapshot, so `port add` stays fast with tens of thousands of maps.
+    pub fn commit_ports(&mut self, next: State, change: &crate::state::PortChange) -> Result<()> {
+        self.store
+            .save_ports(change, &next)
+            .context("saving state")?;
+        self.state = next;
+        Ok(())
+    }
+
     pub fn commit(&mut self, next: State) -> Result<()> {
         self.store.save(&next).context("saving state")?;
         self.state = next;

@@ -14,7 +14,7 @@ use crate::{
     listeners,
     node::Node,
     ports::{AddSpec, DelSpec, Proto},
-    state::{Container, PortMapping},
+    state::{Container, PortChange, PortMapping},
 };
 
 fn published(m: &PortMapping) -> Published {
@@ -71,15 +71,7 @@ impl Node {
                 .or_default()
                 .push((m.host_ip, Some(owner)));
         }
-        let mut listening = HashMap::new();
-        for proto in [Proto::Tcp, Proto::Udp] {
-            listening.insert(proto, listeners::current(proto)?);
-        }
-        let held = |ip, port, proto: Proto| {
-            listening[&proto]
-                .iter()
-                .any(|l| listeners::conflicts(l, ip, port))
-        };
+        let held = listeners::held;
         let mut out: Vec<PortMapping> = Vec::new();
         for spec in parsed {
             for (i, cport) in spec.container_ports.clone().enumerate() {
@@ -127,12 +119,14 @@ impl Node {
                 self.dp.maps.portmap.insert(published(m), target(&c, m))?;
                 done.push(*m);
             }
+            let change = PortChange {
+                container: container.to_string(),
+                added: new.clone(),
+                removed: Vec::new(),
+            };
             let mut next = self.state.clone();
-            next.ports
-                .entry(container.to_string())
-                .or_default()
-                .extend(new.iter().copied());
-            self.commit(next)
+            change.apply(&mut next);
+            self.commit_ports(next, &change)
         })();
         if let Err(e) = applied {
             // Undo exactly what this call wrote; guards are recomputed from the state.
@@ -168,12 +162,14 @@ impl Node {
                 gone.push(*found);
             }
         }
+        let change = PortChange {
+            container: container.to_string(),
+            added: Vec::new(),
+            removed: gone.clone(),
+        };
         let mut next = self.state.clone();
-        next.ports
-            .entry(container.to_string())
-            .or_default()
-            .retain(|m| !gone.contains(m));
-        self.commit(next)?;
+        change.apply(&mut next);
+        self.commit_ports(next, &change)?;
         self.unpublish(&gone)?;
         Ok(Value::Array(
             gone.iter().map(|m| mapping_json(container, m)).collect(),

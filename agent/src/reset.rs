@@ -23,7 +23,7 @@ pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Pa
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
-    let st = state::load_file(&state_dir.join("state.json"))?;
+    let st = state::load_dir(state_dir)?;
     let mut errors: Vec<String> = Vec::new();
     let node_ns = netns_name.map(netns::named_path);
     let ifnames: Vec<String> = st
