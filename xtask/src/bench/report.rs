@@ -70,6 +70,15 @@ pub struct Report {
     pub broken: BTreeMap<Mode, String>,
 }
 
+/// An integer with thousands separators.
+pub fn int(n: u32) -> String {
+    if n >= 1000 {
+        num(f64::from(n))
+    } else {
+        n.to_string()
+    }
+}
+
 /// A number with 3 significant digits, no exponent for the usual ranges.
 pub fn num(x: f64) -> String {
     let a = x.abs();
@@ -313,7 +322,7 @@ impl Report {
                 r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eeeeee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
                 top + ph,
                 top + ph + 18.0,
-                num(f64::from(n))
+                int(n)
             );
         }
         let _ = writeln!(

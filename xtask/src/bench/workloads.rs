@@ -69,24 +69,53 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<String> {
     }
 }
 
-/// Machine-wide CPU time from /proc/stat, in seconds: (sys + softirq, all busy).
-pub fn cpu_now() -> Result<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if v.len() < 8 {
-        bail!("unexpected /proc/stat: {line}");
+/// A /proc/stat snapshot for CPU-time deltas.
+pub struct CpuSnap {
+    at: Instant,
+    cpus: f64,
+    /// system + softirq, seconds (tick-sampled).
+    sys_softirq: f64,
+    /// idle + iowait, seconds (exact on NO_HZ kernels: measured at idle entry and exit).
+    idle: f64,
+}
+
+impl CpuSnap {
+    pub fn now() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("empty /proc/stat")?;
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() < 8 {
+            bail!("unexpected /proc/stat: {line}");
+        }
+        let cpus = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count()
+            .max(1) as f64;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // user nice system idle iowait irq softirq steal
+        Ok(Self {
+            at: Instant::now(),
+            cpus,
+            sys_softirq: (v[2] + v[6]) / hz,
+            idle: (v[3] + v[4]) / hz,
+        })
     }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // user nice system idle iowait irq softirq steal
-    let sys_softirq = v[2] + v[6];
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    Ok((sys_softirq / hz, busy / hz))
+
+    /// (sys+softirq seconds, busy seconds = wall × CPUs − idle) since `self`.
+    pub fn since(&self) -> Result<(f64, f64)> {
+        let now = Self::now()?;
+        let wall = now.at.duration_since(self.at).as_secs_f64();
+        Ok((
+            now.sys_softirq - self.sys_softirq,
+            (wall * self.cpus - (now.idle - self.idle)).max(0.0),
+        ))
+    }
 }
 
 /// iperf3 result: (Gbit/s received, bits received).
