@@ -77,8 +77,10 @@ pub fn parse_size(s: &str) -> Result<u64> {
         _ => bail!("unknown size unit {unit:?} in {s:?} (use b, kb, mb, gb)"),
     };
     let v = n.checked_mul(mult).context("size overflows")?;
-    if !(1500..=(1u64 << 32)).contains(&v) {
-        bail!("burst {s:?} is out of range (1500 bytes to 4gb)");
+    // A veth hands the datapath GSO packets of up to 64 KiB; a shallower bucket could never
+    // pass one and the flow would stall.
+    if !((64 * 1024)..=(1u64 << 32)).contains(&v) {
+        bail!("burst {s:?} is out of range (64kb to 4gb; a veth carries packets of up to 64kb)");
     }
     Ok(v)
 }
@@ -209,8 +211,8 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("64kb").unwrap(), 65_536);
         assert_eq!(parse_size("1mb").unwrap(), 1_048_576);
-        assert_eq!(parse_size("1500").unwrap(), 1500);
-        for bad in ["", "1", "10parsecs", "5gb"] {
+        assert_eq!(parse_size("65536").unwrap(), 65536);
+        for bad in ["", "1", "1500", "63kb", "10parsecs", "5gb"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
