@@ -30,9 +30,14 @@ pub const CNT_ICMP_ERR_XLATED: u32 = 18;
 /// created - removed - present.
 pub const CNT_CT_CREATED: u32 = 19;
 pub const CNT_CT_REMOVED: u32 = 20;
+/// Fast path: packets handed straight into a container (`bpf_redirect_peer`), forwarded by
+/// `bpf_redirect_neigh`, and translated packets left to the node stack (no route, TTL spent).
+pub const CNT_REDIRECT_PEER: u32 = 21;
+pub const CNT_REDIRECT_NEIGH: u32 = 22;
+pub const CNT_REDIRECT_FALLBACK: u32 = 23;
 pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 21] = [
+pub const NAMES: [&str; 24] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -54,6 +59,9 @@ pub const NAMES: [&str; 21] = [
     "icmp_err_xlated",
     "ct_created",
     "ct_removed",
+    "redirect_peer",
+    "redirect_neigh",
+    "redirect_fallback",
 ];
 
 #[cfg(test)]

@@ -12,13 +12,21 @@ use aya_ebpf::{
         bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK,
         TC_ACT_REDIRECT,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
     EbpfContext,
 };
-use datapath_common::drop::DropReason;
+use datapath_common::{
+    drop::DropReason,
+    endpoint::Endpoint,
+    stats::{CNT_REDIRECT_FALLBACK, CNT_REDIRECT_NEIGH, CNT_REDIRECT_PEER},
+};
 
-use crate::packet::{Packet, IP_CSUM_OFF, IP_TTL_OFF};
+use crate::{
+    packet::{Packet, IP_CSUM_OFF, IP_TTL_OFF},
+    ratelimit::{self, Way},
+    verdict::{self, Dir},
+};
 
 const AF_INET: u8 = 2;
 
@@ -49,15 +57,59 @@ pub fn back_to_container(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReaso
 #[inline(always)]
 pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     let Some(ifindex) = fib_egress(ctx, pkt) else {
+        verdict::count(CNT_REDIRECT_FALLBACK);
         return Ok(TC_ACT_OK);
     };
     if pkt.ttl <= 1 {
+        verdict::count(CNT_REDIRECT_FALLBACK);
         return Ok(TC_ACT_OK);
     }
     decrement_ttl(ctx, pkt)?;
     // SAFETY: plain helper call; no next-hop parameters, so the kernel looks the neighbour up.
     let action = unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) };
     if action == i64::from(TC_ACT_REDIRECT) {
+        verdict::count(CNT_REDIRECT_NEIGH);
+        Ok(TC_ACT_REDIRECT)
+    } else {
+        Err(DropReason::Internal)
+    }
+}
+
+/// Inbound fast path into container `ep`: with the route and the container's MAC known to the
+/// FIB, the frame is addressed to the container and handed straight to the ingress of its
+/// `eth0` with `bpf_redirect_peer`, which skips the node's IP stack and the veth's transmit
+/// and backlog hop. That also skips the host veth's egress hook, so what `to_container` does
+/// (rx counters, ingress limit) is done here. Anything else (neighbour not resolved yet, route
+/// elsewhere, TTL spent) takes `forward`.
+#[inline(always)]
+pub fn into_container(ctx: &TcContext, pkt: &Packet, ep: &Endpoint) -> Result<i32, DropReason> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport;
+    p.dport = pkt.dport;
+    // SAFETY: `ifindex` (the receiving interface) is readable in TC programs.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    p.__bindgen_anon_3.ipv4_src = pkt.saddr;
+    p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
+    // SAFETY: `p` is a properly sized, initialized parameter block on our stack.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || p.ifindex != ep.host_ifindex || pkt.ttl <= 1 {
+        return forward(ctx, pkt);
+    }
+    verdict::count_ep(ep.id, Dir::Rx, ctx.len());
+    if let Err(r) = ratelimit::police(ep.id, Way::Ingress, ctx.len()) {
+        // Counted against the container, as `to_container` would.
+        return Ok(verdict::tc_for(Err(r.into()), ep.id));
+    }
+    decrement_ttl(ctx, pkt)?;
+    ctx.store(0, &p.dmac, 0).map_err(|_| DropReason::Internal)?;
+    ctx.store(6, &p.smac, 0).map_err(|_| DropReason::Internal)?;
+    // SAFETY: plain helper call; `host_ifindex` is the host side of the container's veth pair.
+    let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
+    if action == i64::from(TC_ACT_REDIRECT) {
+        verdict::count(CNT_REDIRECT_PEER);
         Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::Internal)

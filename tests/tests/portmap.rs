@@ -56,6 +56,15 @@ fn external_tcp_and_udp_keep_client_ip() {
     let a = tcp_request(&sb.client, sb.uplink_ip, 61001, "x").unwrap();
     assert!(a.starts_with("web peer="), "{a}");
 
+    // Inbound translated packets took the fast path (straight into the container once its
+    // neighbour entry is known), not the node's IP stack.
+    let st = sb.json(&["status"]);
+    assert!(
+        st["counters"]["redirect_peer"].as_u64().unwrap() > 0,
+        "no fast-path packets: {}",
+        st["counters"]
+    );
+
     let list = sb.json(&["port", "list", &web]);
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     let udp = list

@@ -7,8 +7,9 @@
 //!                                   +-- straight to a container IP (routed): tracked, untouched ------+
 //! ```
 //! Translated packets (port maps, masquerade replies) are forwarded by FIB lookup +
-//! `bpf_redirect_neigh` straight to the container's host veth (falling back to the node stack
-//! when the FIB has no forwarding route); the client address is kept. Routed flows and ICMP
+//! `bpf_redirect_peer` straight into the container (or `bpf_redirect_neigh` to its veth while
+//! its neighbour entry is not resolved; the node stack when the FIB has no forwarding route);
+//! the client address is kept. Routed flows and ICMP
 //! errors go through the node stack (TC_ACT_OK). Everything else passes untouched.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
@@ -61,11 +62,14 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Stop> {
         verdict::count(c);
     }
     if counter.is_some() {
-        // Fast path: a translated packet goes straight to the container's veth (FIB lookup +
-        // bpf_redirect_neigh), skipping the node's IP input, netfilter and forwarding; the
-        // veth's egress hook (to_container: rx stats, ingress limit) still runs. Without a
-        // forwarding route it falls back to the stack.
-        return Ok(redirect::forward(ctx, &pkt)?);
+        // Fast path: a translated packet goes straight into the container (FIB lookup +
+        // bpf_redirect_peer), or at least to its veth (bpf_redirect_neigh), skipping the
+        // node's IP input, netfilter and forwarding. Without a forwarding route it falls back
+        // to the stack.
+        return Ok(match policy::endpoint(pkt.daddr) {
+            Some(ep) => redirect::into_container(ctx, &pkt, &ep)?,
+            None => redirect::forward(ctx, &pkt)?,
+        });
     }
     Ok(TC_ACT_OK)
 }
