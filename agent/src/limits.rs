@@ -55,7 +55,7 @@ pub fn parse_rate(s: &str) -> Result<u64> {
         _ => bail!("unknown rate unit {unit:?} in {s:?} (use bit, kbit, mbit, gbit, bps, kbps, mbps, gbps)"),
     };
     let bits = n * mult;
-    if !(bits >= 8.0) || bits > 1e12 {
+    if !(8.0..=1e12).contains(&bits) {
         bail!("rate {s:?} is out of range (8bit to 1tbit)");
     }
     Ok(bits as u64)

@@ -57,14 +57,17 @@ fn ips_overlap(a: Option<Ipv4Addr>, b: Option<Ipv4Addr>) -> bool {
     a.is_none() || b.is_none() || a == b
 }
 
+/// A host IP holding a (proto, port), and the container whose map it is (None: an earlier
+/// spec of the request being planned).
+type Holder<'a> = (Option<Ipv4Addr>, Option<&'a str>);
+
 impl Node {
     /// Expands and validates specs into new mappings; nothing is applied.
     fn plan(&self, specs: &[String]) -> Result<Vec<PortMapping>> {
         let parsed: Vec<AddSpec> = specs.iter().map(|s| s.parse()).collect::<Result<_>>()?;
         // Who holds each (proto, port), on which host IPs: O(1) conflict checks, so a batch of
         // 10,000 specs against 10,000 existing maps stays linear.
-        let mut taken: HashMap<(Proto, u16), Vec<(Option<Ipv4Addr>, Option<&str>)>> =
-            HashMap::new();
+        let mut taken: HashMap<(Proto, u16), Vec<Holder>> = HashMap::new();
         for (owner, m) in self.state.all_ports() {
             taken
                 .entry((m.proto, m.host_port))
