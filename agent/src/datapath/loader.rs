@@ -100,6 +100,15 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
             .with_context(|| format!("creating {}/{d} (is it on a bpffs?)", pins.root.display()))?;
     }
     let mut loader = EbpfLoader::new();
+    // The programs log (aya-log) only at debug level. Unless the daemon itself logs at debug,
+    // their log statements are switched off at load time, so flow creation does not pay for
+    // formatting records nobody reads. (Pinned programs keep the level they were loaded with.)
+    let ebpf_log_level: u8 = if tracing::enabled!(tracing::Level::DEBUG) {
+        0xff
+    } else {
+        3
+    };
+    loader.override_global("AYA_LOG_LEVEL", &ebpf_log_level, false);
     let map_paths: Vec<(&str, PathBuf)> = names::ALL
         .iter()
         .chain(std::iter::once(&"AYA_LOGS"))
