@@ -126,38 +126,28 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
 
     let mut tc = BTreeMap::new();
     for name in [PROG_FROM_UPLINK, PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
-        let pin = pins.prog(name);
-        if upgrade || !pin.exists() {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-            replace_pin(&pin, |path| p.pin(path).map_err(Into::into))?;
-        }
+        let pin = ensure_pinned(&mut ebpf, pins, name, upgrade, |p| {
+            <&mut SchedClassifier>::try_from(p)?
+                .load()
+                .map_err(Into::into)
+        })?;
+        let prog = SchedClassifier::from_pin(&pin);
         tc.insert(
             name,
-            SchedClassifier::from_pin(&pin)
-                .with_context(|| format!("opening {}", pin.display()))?,
+            prog.with_context(|| format!("opening {}", pin.display()))?,
         );
     }
     let mut sock = BTreeMap::new();
     for (name, at) in SOCK_PROGS {
-        let pin = pins.prog(name);
-        if upgrade || !pin.exists() {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-            replace_pin(&pin, |path| p.pin(path).map_err(Into::into))?;
-        }
+        let pin = ensure_pinned(&mut ebpf, pins, name, upgrade, |p| {
+            <&mut CgroupSockAddr>::try_from(p)?
+                .load()
+                .map_err(Into::into)
+        })?;
+        let prog = CgroupSockAddr::from_pin(&pin, *at);
         sock.insert(
             *name,
-            CgroupSockAddr::from_pin(&pin, *at)
-                .with_context(|| format!("opening {}", pin.display()))?,
+            prog.with_context(|| format!("opening {}", pin.display()))?,
         );
     }
     if upgrade {
@@ -173,6 +163,26 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     // The object's own (unpinned) program handles go; the pinned ones stay loaded.
     drop(ebpf);
     Ok(Loaded { maps, tc, sock })
+}
+
+/// Loads program `name` of the object (through `load`, which knows its type) and pins it,
+/// unless a pin exists and this is not an upgrade; returns the pin's path.
+fn ensure_pinned(
+    ebpf: &mut aya::Ebpf,
+    pins: &Pins,
+    name: &str,
+    upgrade: bool,
+    load: impl FnOnce(&mut aya::programs::Program) -> Result<()>,
+) -> Result<PathBuf> {
+    let pin = pins.prog(name);
+    if upgrade || !pin.exists() {
+        let p = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        load(p).with_context(|| format!("loading program {name} (verifier)"))?;
+        replace_pin(&pin, |path| p.pin(path).map_err(Into::into))?;
+    }
+    Ok(pin)
 }
 
 /// Pins via `pin_fn` at `path`, replacing an existing pin atomically enough for our needs
