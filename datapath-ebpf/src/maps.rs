@@ -21,12 +21,18 @@ use datapath_common::{
 };
 
 /// Published ports. Agent writes; `from_uplink`, `from_container`, `sock_connect4`/`sendmsg4` read.
+/// `BPF_F_NO_PREALLOC`: tables sized for the worst case (131,072 port maps) but written
+/// rarely and by the agent only take memory per entry present, not ~21 MiB up front.
+const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
+
 #[btf_map]
-pub static TG_PORTMAP: HashMap<PortKey, PortValue, { PORTMAP_MAX as usize }> = HashMap::new();
+pub static TG_PORTMAP: HashMap<PortKey, PortValue, { PORTMAP_MAX as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 /// Published (port, proto) with `host_ip: 0` -> refcount. Agent writes; `sock_bind4` reads.
 #[btf_map]
-pub static TG_PORT_GUARD: HashMap<PortKey, u32, { PORTMAP_MAX as usize }> = HashMap::new();
+pub static TG_PORT_GUARD: HashMap<PortKey, u32, { PORTMAP_MAX as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 /// The node's own addresses -> `ADDR_*` flags. Agent writes; every hook reads.
 #[btf_map]
@@ -43,7 +49,7 @@ pub static TG_EP_BY_IF: HashMap<u32, Endpoint, { ENDPOINTS_MAX as usize }> = Has
 
 /// ICC exceptions (`policy link`). Agent writes; `from_container` reads on new flows.
 #[btf_map]
-pub static TG_LINKS: HashMap<LinkKey, u32, { LINKS_MAX as usize }> = HashMap::new();
+pub static TG_LINKS: HashMap<LinkKey, u32, { LINKS_MAX as usize }, NO_PREALLOC> = HashMap::new();
 
 /// Egress rules by (container, destination prefix). Agent writes; `from_container` reads on
 /// new flows (`policy`).
