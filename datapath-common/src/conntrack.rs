@@ -32,8 +32,11 @@ pub const CT_MASQ: u32 = 32;
 /// A packet was seen in the reply direction (TCP: the handshake completed).
 pub const CT_SEEN_REPLY: u32 = 64;
 
-// ICMP echo flows use the echo identifier as both `sport` and `dport` of the key; masquerade
-// rewrites the identifier (`nat_sport` on the original half, `nat_dport` on the reply half).
+// ICMP echo flows carry the echo identifier in the port of the end that sent the request: a
+// request is keyed `sport = id, dport = 0`, a reply `sport = 0, dport = id`, so the two halves
+// swap like TCP/UDP ones and a ping each way between two addresses with the same identifier
+// are two flows. Masquerade rewrites the identifier (`nat_sport` on the original half,
+// `nat_dport` on the reply half).
 // Plain tracked flows (no translation, e.g. container -> container) have neither CT_DNAT nor
 // CT_SNAT: the reply half only lets replies through with ICC off.
 

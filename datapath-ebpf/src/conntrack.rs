@@ -123,23 +123,13 @@ pub fn reverse(key: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
     } else {
         (key.daddr, key.dport)
     };
-    // ICMP echo: both "ports" are the identifier, and a rewrite changes it on either side
-    // (the source side on the original half, the destination side on the reply half).
-    let (rsport, rdport) = if key.proto == proto::ICMP {
-        let id = if e.flags & CT_SNAT != 0 {
-            new_sport
-        } else {
-            new_dport
-        };
-        (id, id)
-    } else {
-        (new_dport, new_sport)
-    };
+    // ICMP echo keys like TCP/UDP: the requester's end carries the identifier, the other end
+    // 0 (`Packet`), so swapping the ends is the reply direction's key too.
     let rkey = CtKey {
         saddr: new_daddr,
         daddr: new_saddr,
-        sport: rsport,
-        dport: rdport,
+        sport: new_dport,
+        dport: new_sport,
         proto: key.proto,
         _pad: [0; 3],
     };
@@ -219,8 +209,9 @@ pub fn reused(e: *mut CtEntry, pkt: &Packet) -> bool {
 }
 
 /// Whether the packet travels the way entry `e` faces. Only ICMP echo can tell: a request
-/// belongs on an original half, a reply on a reply half (so an echo request from outside
-/// that happens to carry a masqueraded ping's identifier is not taken for its reply).
+/// belongs on an original half, a reply on a reply half. The keys already say so (the
+/// identifier sits in the requester's port), except for identifier 0, where a request and a
+/// reply between the same two addresses have the same key.
 #[inline(always)]
 pub fn same_direction(e: *mut CtEntry, pkt: &Packet) -> bool {
     !pkt.is_icmp() || (flags(e) & CT_REPLY != 0) == (pkt.icmp_type == ICMP_ECHO_REPLY)

@@ -76,9 +76,12 @@ struct UdpHdr {
 
 /// The parsed tuple of a TCP/UDP/ICMP over IPv4 packet and where its L4 header sits. Addresses
 /// and ports are network byte order, exactly as in the packet; the NAT code keeps them current.
-/// ICMP echo request/reply use the identifier as both ports (see `datapath_common::conntrack`);
-/// ICMP errors (destination unreachable, time exceeded) have both ports 0 and are translated
-/// by `nat::icmp`, never looked up as a flow of their own.
+/// ICMP echo carries its identifier in the "port" of the end that sent the request: a request
+/// has `sport = id, dport = 0`, a reply `sport = 0, dport = id` (see
+/// `datapath_common::conntrack`), so a flow's two directions key like TCP/UDP and a ping each
+/// way with the same identifier are two flows. ICMP errors (destination unreachable, time
+/// exceeded) have both ports 0 and are translated by `nat::icmp`, never looked up as a flow
+/// of their own.
 pub struct Packet {
     pub l4_off: usize,
     pub proto: u8,
@@ -136,7 +139,8 @@ impl Packet {
                 }
                 let icmp: IcmpHdr = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
                 match icmp.type_ {
-                    ICMP_ECHO | ICMP_ECHO_REPLY => (icmp.id, icmp.id, 0, icmp.type_),
+                    ICMP_ECHO => (icmp.id, 0, 0, icmp.type_),
+                    ICMP_ECHO_REPLY => (0, icmp.id, 0, icmp.type_),
                     ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => (0, 0, 0, icmp.type_),
                     _ => return Err(Skip::OtherProto),
                 }

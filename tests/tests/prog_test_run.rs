@@ -1256,6 +1256,48 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         Want::Same(TC_ACT_OK),
     )?;
 
+    // ---- ICMP echo both ways between two addresses with the same identifier ----
+    step(
+        b,
+        "the client pings c1 (routed) with id 55: passes, tracked",
+        "from_uplink",
+        &echo(CLIENT, C1, 55, 8),
+        Want::Same(TC_ACT_OK),
+    )?;
+    let ping55 = echo(C1, CLIENT, 55, 8);
+    let r55 = nat_port(
+        "masq echo 55",
+        &run(b, "from_container", "tgh1", &ping55.build())?.1,
+    );
+    step(
+        b,
+        "c1 pings the client with id 55 too: a flow of its own, masqueraded",
+        "from_container",
+        &ping55,
+        redirected(echo(HOST, CLIENT, r55, 8)),
+    )?;
+    step(
+        b,
+        "c1's echo reply to the client's ping still is that flow's reply (not dropped)",
+        "from_container",
+        &echo(C1, CLIENT, 55, 0),
+        Want::Same(TC_ACT_OK),
+    )?;
+    step(
+        b,
+        "the client's echo reply to c1's ping is translated back",
+        "from_uplink",
+        &echo(CLIENT, HOST, r55, 0),
+        redirected(echo(CLIENT, C1, 55, 0)),
+    )?;
+    step(
+        b,
+        "the client's next echo request to c1 still passes as its own flow",
+        "from_uplink",
+        &echo(CLIENT, C1, 55, 8),
+        Want::Same(TC_ACT_OK),
+    )?;
+
     // ---- ICMP errors about masqueraded flows ----
     step(
         b,
@@ -1592,13 +1634,13 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
         (CNT_DROP_ICC, "drop_icc", 2),
         (CNT_DROP_POLICY, "drop_policy", 7),
         (CNT_ICMP_ERR_XLATED, "icmp_err_xlated", 3),
-        (CNT_REVSNAT, "revsnat", 3),
+        (CNT_REVSNAT, "revsnat", 4),
     ] {
         assert_eq!(total(idx)?, want, "counter {name}");
     }
-    // c1: TCP, UDP, echo, UDP (x2, once re-created); c2: 3; c3: 1.
-    assert_eq!(total(CNT_SNAT_FLOWS)?, 9, "counter snat_flows");
-    assert!(total(CNT_CT_CREATED)? >= 2 * 9, "counter ct_created");
+    // c1: TCP, UDP, echo x2, UDP (x2, once re-created); c2: 3; c3: 1.
+    assert_eq!(total(CNT_SNAT_FLOWS)?, 10, "counter snat_flows");
+    assert!(total(CNT_CT_CREATED)? >= 2 * 10, "counter ct_created");
 
     let ct: HashMap<&MapData, CtKey, CtEntry> =
         HashMap::try_from(bpf.map(maps::CONNTRACK).unwrap())?;

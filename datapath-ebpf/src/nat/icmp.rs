@@ -72,7 +72,8 @@ pub fn rev_error(ctx: &TcContext, pkt: &Packet, cfg: &Config, now: u64) -> Resul
     Ok(())
 }
 
-/// Parses the quoted IPv4 header and the ports (ICMP echo: identifier) after it.
+/// Parses the quoted IPv4 header and the ports after it (an echo request: the identifier as
+/// its source "port", as `Packet` keys it).
 #[inline(always)]
 fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
     let ip_off = pkt.l4_off + ICMP_HLEN;
@@ -91,7 +92,7 @@ fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
                 return Err(Skip::NotOurs);
             }
             let id: u16 = ctx.load(l4_off + 4).map_err(|_| Skip::Malformed)?;
-            (id, id)
+            (id, 0)
         }
         _ => return Err(Skip::NotOurs),
     };

@@ -27,8 +27,9 @@ enum End {
 /// incrementally. The address change goes into the L4 checksum with `BPF_F_PSEUDO_HDR` because
 /// TCP/UDP checksums cover the pseudo-header (and, for CHECKSUM_PARTIAL skbs, only that part may
 /// be adjusted). UDP uses `BPF_F_MARK_MANGLED_0`: a zero UDP checksum means "none" and must stay
-/// zero, and a computed zero is written as 0xffff. ICMP has no pseudo-header, and its "port" on
-/// either end is the echo identifier (one field, at offset 4).
+/// zero, and a computed zero is written as 0xffff. ICMP has no pseudo-header, and its "port" is
+/// the echo identifier (one field, at offset 4), carried by the end that sent the request (the
+/// other end's "port" is 0 and never rewritten: only masquerade translates echo, on that end).
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -73,16 +74,13 @@ fn rewrite(
             .map_err(|_| DropReason::Internal)?;
     }
     match end {
-        End::Src => pkt.saddr = ip,
-        End::Dst => pkt.daddr = ip,
-    }
-    if icmp {
-        pkt.sport = port;
-        pkt.dport = port;
-    } else {
-        match end {
-            End::Src => pkt.sport = port,
-            End::Dst => pkt.dport = port,
+        End::Src => {
+            pkt.saddr = ip;
+            pkt.sport = port;
+        }
+        End::Dst => {
+            pkt.daddr = ip;
+            pkt.dport = port;
         }
     }
     Ok(())
