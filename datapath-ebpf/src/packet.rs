@@ -27,6 +27,7 @@ pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROB: u8 = 12;
 /// Length of the ICMP header (type, code, checksum and 4 bytes of rest-of-header).
 pub const ICMP_HLEN: usize = 8;
 
@@ -80,8 +81,8 @@ struct UdpHdr {
 /// has `sport = id, dport = 0`, a reply `sport = 0, dport = id` (see
 /// `datapath_common::conntrack`), so a flow's two directions key like TCP/UDP and a ping each
 /// way with the same identifier are two flows. ICMP errors (destination unreachable, time
-/// exceeded) have both ports 0 and are translated by `nat::icmp`, never looked up as a flow
-/// of their own.
+/// exceeded, parameter problem) have both ports 0 and are translated by `nat::icmp`, never
+/// looked up as a flow of their own.
 pub struct Packet {
     pub l4_off: usize,
     pub proto: u8,
@@ -141,7 +142,9 @@ impl Packet {
                 match icmp.type_ {
                     ICMP_ECHO => (icmp.id, 0, 0, icmp.type_),
                     ICMP_ECHO_REPLY => (0, icmp.id, 0, icmp.type_),
-                    ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => (0, 0, 0, icmp.type_),
+                    ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB => {
+                        (0, 0, 0, icmp.type_)
+                    }
                     _ => return Err(Skip::OtherProto),
                 }
             }
@@ -188,11 +191,14 @@ impl Packet {
         self.proto == proto::ICMP
     }
 
-    /// An ICMP error (destination unreachable, time exceeded) that quotes another packet.
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem) that quotes
+    /// another packet.
     #[inline(always)]
     pub fn is_icmp_error(&self) -> bool {
         self.proto == proto::ICMP
-            && (self.icmp_type == ICMP_DEST_UNREACH || self.icmp_type == ICMP_TIME_EXCEEDED)
+            && (self.icmp_type == ICMP_DEST_UNREACH
+                || self.icmp_type == ICMP_TIME_EXCEEDED
+                || self.icmp_type == ICMP_PARAMETER_PROB)
     }
 
     #[inline(always)]

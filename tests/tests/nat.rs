@@ -596,3 +596,43 @@ fn stats_count_a_containers_traffic() {
         );
     }
 }
+
+/// The container's port unreachable about a port-mapped UDP flow must leave as the published
+/// address (outer source and quoted destination), or the client's kernel cannot match it to
+/// its socket.
+#[test]
+fn udp_to_a_closed_published_port_is_connection_refused() {
+    let sb = sandbox!("nat-pm-unreach");
+    let (a, _ns, _) = sb.container("a");
+    // Nothing listens on the container's port 53.
+    assert_eq!(sb.publish(&a, "5353:53/udp"), vec![5353]);
+    let uplink_ip = sb.uplink_ip;
+    let got = in_ns(&sb.client, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect((uplink_ip, 5353))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = [0u8; 64];
+        let mut last = String::new();
+        for _ in 0..4 {
+            if let Err(e) = s.send(b"anyone?") {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Ok(Ok(()));
+                }
+                last = format!("send: {e}");
+                continue;
+            }
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Ok(())),
+                Err(e) => last = format!("recv: {e} ({:?})", e.kind()),
+                Ok(n) => last = format!("unexpected answer of {n} bytes"),
+            }
+        }
+        Ok(Err(last))
+    })
+    .unwrap();
+    assert_eq!(
+        got,
+        Ok(()),
+        "the container's port unreachable must reach the client as ECONNREFUSED"
+    );
+}

@@ -542,6 +542,59 @@ fn cases() -> Vec<Case> {
             forwarded(Frame::udp(HOST, 5353, CLIENT, 40001)),
         ),
         case(
+            "port unreachable from the container about a port-mapped UDP flow: outer source and \
+             quoted destination back to the published address:port, forwarded by redirect",
+            "from_container",
+            icmp_error(
+                C1,
+                CLIENT,
+                3,
+                3,
+                quote(&dgram.clone().with_dst(C1, 53).forwarded(), None),
+            )
+            .build(),
+            forwarded(icmp_error(
+                HOST,
+                CLIENT,
+                3,
+                3,
+                quote(&dgram.clone().forwarded(), None),
+            )),
+        ),
+        case(
+            "fragmentation needed from the container quoting 8 bytes of a port-mapped TCP \
+             segment: translated back likewise",
+            "from_container",
+            icmp_error(
+                C1,
+                CLIENT,
+                3,
+                4,
+                quote(&Frame::tcp(CLIENT, 40000, C1, 80, TCP_ACK), Some(28)),
+            )
+            .build(),
+            forwarded(icmp_error(
+                HOST,
+                CLIENT,
+                3,
+                4,
+                quote(&Frame::tcp(CLIENT, 40000, HOST, 8080, TCP_ACK), Some(28)),
+            )),
+        ),
+        case(
+            "an ICMP error from the container about no known flow passes untouched",
+            "from_container",
+            icmp_error(
+                C1,
+                CLIENT,
+                3,
+                3,
+                quote(&Frame::udp(CLIENT, 1234, C1, 9999), None),
+            )
+            .build(),
+            Untouched,
+        ),
+        case(
             "a reply the FIB has no route for: source back, left to the stack (TC_ACT_OK)",
             "from_container",
             Frame::tcp(C1, 80, UNROUTED, 40009, TCP_SYN | TCP_ACK).build(),
@@ -972,6 +1025,7 @@ fn check_counters(bpf: &Ebpf) -> anyhow::Result<()> {
         (CNT_PASS_MALFORMED, "pass_malformed", 3),
         (CNT_PASS_FRAGMENT, "pass_fragment", 1),
         (CNT_PASS_NOT_IPV4, "pass_not_ipv4", 1),
+        (CNT_ICMP_ERR_XLATED, "icmp_err_xlated", 2),
     ] {
         assert_eq!(total(idx)?, want, "counter {name}");
     }
@@ -1352,6 +1406,26 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
     )?;
     step(
         b,
+        "port unreachable from c1 about a masqueraded flow's reply leaves as snat_ip, the \
+         quoted destination back to snat_ip:port",
+        "from_container",
+        &icmp_error(
+            C1,
+            CLIENT,
+            3,
+            3,
+            quote(&Frame::udp(CLIENT, 53, C1, 5000).forwarded(), None),
+        ),
+        redirected(icmp_error(
+            HOST,
+            CLIENT,
+            3,
+            3,
+            quote(&Frame::udp(CLIENT, 53, HOST, q).forwarded(), None),
+        )),
+    )?;
+    step(
+        b,
         "an ICMP error about no known flow passes untouched",
         "from_uplink",
         &icmp_error(
@@ -1633,7 +1707,7 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
         (CNT_DROP_SPOOF, "drop_spoof", 1),
         (CNT_DROP_ICC, "drop_icc", 2),
         (CNT_DROP_POLICY, "drop_policy", 7),
-        (CNT_ICMP_ERR_XLATED, "icmp_err_xlated", 3),
+        (CNT_ICMP_ERR_XLATED, "icmp_err_xlated", 4),
         (CNT_REVSNAT, "revsnat", 4),
     ] {
         assert_eq!(total(idx)?, want, "counter {name}");

@@ -3,6 +3,7 @@
 //! ```text
 //! container A --> [tgA] from_container --+-- over A's egress limit:              drop (RateLimit)
 //!                                        +-- source is not A's IP:              drop (Spoof)
+//!                                        +-- ICMP error about a translated flow: source back to hostip / snat_ip --> FIB redirect
 //!                                        +-- conntrack hit:
 //!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
 //!                                        |     masqueraded flow:            source to snat_ip:port  --> FIB redirect (uplink)
@@ -23,8 +24,10 @@
 //! own sockets judge it, e.g. a container answering a connection the node made) or to a
 //! container this one may reach (ICC on or linked); otherwise it is dropped (`Icc` towards
 //! a container, `Policy` towards the outside, which could not be masqueraded anyway).
-//! ICMP errors a container sends, and IP protocols other than TCP/UDP/ICMP echo, pass
-//! untouched after anti-spoofing (no policy or ICC applies to them).
+//! ICMP errors a container sends are answers and pass; those about a flow that reached it
+//! translated (port map, hairpin, masquerade reply) are translated back like the flow's other
+//! packets (`nat::icmp::container_error`) and forwarded. IP protocols other than TCP/UDP/ICMP
+//! echo pass untouched after anti-spoofing (no policy or ICC applies to them).
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -40,7 +43,7 @@ use datapath_common::{
 use crate::{
     config, conntrack,
     maps::TG_EP_BY_IF,
-    nat::{self, dnat, snat},
+    nat::{self, dnat, icmp, snat},
     packet::{self, Packet},
     policy,
     ratelimit::{self, Way},
@@ -74,13 +77,15 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
         Some(saddr) if saddr != ep.ip => return Err(DropReason::Spoof.into()),
         Some(_) => {}
     }
-    let mut pkt = Packet::parse(ctx)?;
-    if pkt.is_icmp_error() {
-        return Err(Skip::NotOurs.into());
-    }
     let cfg = config::get();
-    let key = pkt.ct_key();
+    let mut pkt = Packet::parse(ctx)?;
     let now = conntrack::now_ns();
+    if pkt.is_icmp_error() {
+        icmp::container_error(ctx, &mut pkt, &cfg, now)?;
+        // Its source is now a node address: the stack would drop it as a martian.
+        return Ok(redirect::forward(ctx, &pkt)?);
+    }
+    let key = pkt.ct_key();
     let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
         Some(e) if usable(e, &pkt) => {
             let counter = hit_counter(conntrack::flags(e));

@@ -1,13 +1,24 @@
-//! ICMP errors about translated flows (`from_uplink`). A router or the peer answers a packet
-//! that left with a translated source (`snat_ip:nat_port` of a masqueraded flow, or
-//! `hostip:P` of a port map's reply) with destination unreachable (port unreachable,
-//! fragmentation needed) or time exceeded, quoting that packet's IP header and first 8 bytes.
-//! The quoted packet is looked up as the flow's other direction would be; its entry says where
-//! the flow really starts, and the error is rewritten to go there:
+//! ICMP errors about translated flows, both ways.
+//!
+//! `rev_error` (`from_uplink`): a router or the peer answers a packet that left with a
+//! translated source (`snat_ip:nat_port` of a masqueraded flow, or `hostip:P` of a port map's
+//! reply) with destination unreachable (port unreachable, fragmentation needed), time exceeded
+//! or parameter problem, quoting that packet's IP header and first 8 bytes. The quoted packet
+//! is looked up as the flow's other direction would be; its entry says where the flow really
+//! starts, and the error is rewritten to go there:
 //!
 //! ```text
 //! outer  router -> snat_ip          becomes  router -> container
 //! inner  snat_ip:nat_port -> peer:p becomes  container:port -> peer:p
+//! ```
+//! `container_error` (`from_container`): the container answers a packet that reached it
+//! translated (a port map's or hairpin's DNAT, a masqueraded flow's reply) with such an error.
+//! It must leave as the translated address, or the peer cannot match it to its socket (and the
+//! container's address would leak):
+//!
+//! ```text
+//! outer  container -> client                 becomes  hostip -> client
+//! inner  client:c -> container:port          becomes  client:c -> hostip:P
 //! ```
 //! Checksums: outer IPv4 incrementally with the kernel helper; everything inside the ICMP
 //! message (inner address, inner IPv4 checksum, inner port, inner L4 checksum when quoted,
@@ -17,7 +28,7 @@
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, programs::TcContext};
 use datapath_common::{
     config::Config,
-    conntrack::{CtKey, CT_DNAT, CT_HAIRPIN},
+    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_SNAT},
     csum,
     drop::DropReason,
     proto,
@@ -26,7 +37,8 @@ use datapath_common::{
 
 use crate::{
     conntrack,
-    packet::{Ipv4Hdr, Packet, ICMP_ECHO, ICMP_HLEN, IP_CSUM_OFF, IP_DADDR_OFF},
+    nat::End,
+    packet::{Ipv4Hdr, Packet, ICMP_ECHO, ICMP_HLEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
     verdict::{self, Skip, Stop},
 };
 
@@ -51,6 +63,51 @@ pub fn rev_error(ctx: &TcContext, pkt: &Packet, cfg: &Config, now: u64) -> Resul
         return Err(Skip::NotOurs.into());
     }
     // The flow's other direction as conntrack keys it: peer -> translated address.
+    let entry = other_direction(&inner, cfg, now)?;
+    // A DNAT half from outside: a masquerade reply half or a port map's original half.
+    if entry.flags & CT_DNAT == 0 || entry.flags & CT_HAIRPIN != 0 {
+        return Err(Skip::NotOurs.into());
+    }
+    outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, entry.nat_daddr)?;
+    inner_rewrite(ctx, pkt, &inner, End::Src, entry.nat_daddr, entry.nat_dport)?;
+    verdict::count(CNT_ICMP_ERR_XLATED);
+    Ok(())
+}
+
+/// Translates an ICMP error container-sent about a TCP/UDP flow that reached it translated
+/// (module docs): the outer source and the quoted destination become the address (and port)
+/// the peer sent to. `pkt.saddr` follows, for the caller's forwarding. `NotOurs` when the
+/// quoted flow is unknown or untranslated (the error passes as it is).
+#[inline(always)]
+pub fn container_error(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    cfg: &Config,
+    now: u64,
+) -> Result<(), Stop> {
+    let inner = quoted(ctx, pkt)?;
+    // About a packet the container received: it was addressed to the container.
+    if inner.daddr != pkt.saddr || inner.proto == proto::ICMP {
+        return Err(Skip::NotOurs.into());
+    }
+    // The container's own direction of the flow: container -> peer.
+    let entry = other_direction(&inner, cfg, now)?;
+    // A source rewrite back to a node address: a port map's or hairpin's reply half, a
+    // masqueraded flow's original half. (A self-hairpin also rewrites the destination and
+    // stays inside the container: not handled, the error passes untouched.)
+    if entry.flags & (CT_SNAT | CT_DNAT) != CT_SNAT {
+        return Err(Skip::NotOurs.into());
+    }
+    outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, entry.nat_saddr)?;
+    pkt.saddr = entry.nat_saddr;
+    inner_rewrite(ctx, pkt, &inner, End::Dst, entry.nat_saddr, entry.nat_sport)?;
+    verdict::count(CNT_ICMP_ERR_XLATED);
+    Ok(())
+}
+
+/// The live entry of the quoted packet's flow in the other direction (its reply's tuple).
+#[inline(always)]
+fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<CtEntry, Stop> {
     let key = CtKey {
         saddr: inner.daddr,
         daddr: inner.saddr,
@@ -61,15 +118,7 @@ pub fn rev_error(ctx: &TcContext, pkt: &Packet, cfg: &Config, now: u64) -> Resul
     };
     let e = conntrack::lookup_live(&key, cfg, now).ok_or(Skip::NotOurs)?;
     // SAFETY: `e` came from a lookup in this run; copied out at once.
-    let entry = unsafe { *e };
-    // A DNAT half from outside: a masquerade reply half or a port map's original half.
-    if entry.flags & CT_DNAT == 0 || entry.flags & CT_HAIRPIN != 0 {
-        return Err(Skip::NotOurs.into());
-    }
-    outer_daddr(ctx, pkt.daddr, entry.nat_daddr)?;
-    inner_source(ctx, pkt, &inner, entry.nat_daddr, entry.nat_dport)?;
-    verdict::count(CNT_ICMP_ERR_XLATED);
-    Ok(())
+    Ok(unsafe { *e })
 }
 
 /// Parses the quoted IPv4 header and the ports after it (an echo request: the identifier as
@@ -107,13 +156,12 @@ fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
     })
 }
 
-/// The error's own destination becomes the container.
+/// One of the error's own addresses (at `off`) changes from `old` to `new`.
 #[inline(always)]
-fn outer_daddr(ctx: &TcContext, old: u32, new: u32) -> Result<(), DropReason> {
+fn outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 4)
         .map_err(|_| DropReason::Internal)?;
-    ctx.store(IP_DADDR_OFF, &new, 0)
-        .map_err(|_| DropReason::Internal)
+    ctx.store(off, &new, 0).map_err(|_| DropReason::Internal)
 }
 
 /// Reads a big-endian 16-bit word as a host-order value.
@@ -130,35 +178,44 @@ fn store16(ctx: &TcContext, off: usize, v: u16) -> Result<(), DropReason> {
         .map_err(|_| DropReason::Internal)
 }
 
-/// The quoted packet's source becomes `ip:port` (network order), every checksum that covers it
-/// kept valid.
+/// One end of the quoted packet becomes `ip:port` (network order), every checksum that covers
+/// it kept valid. An echo's "port" is its identifier, on the source end only.
 #[inline(always)]
-fn inner_source(
+fn inner_rewrite(
     ctx: &TcContext,
     pkt: &Packet,
     inner: &Inner,
+    end: End,
     ip: u32,
     port: u16,
 ) -> Result<(), DropReason> {
-    let (old_ip, new_ip) = (u32::from_be(inner.saddr), u32::from_be(ip));
-    let (old_port, new_port) = (u16::from_be(inner.sport), u16::from_be(port));
+    let (addr_off, old_ip, old_port, port_off) = match end {
+        End::Src => (12, inner.saddr, inner.sport, 0),
+        End::Dst => (16, inner.daddr, inner.dport, 2),
+    };
+    let (old_ip, new_ip) = (u32::from_be(old_ip), u32::from_be(ip));
+    let (old_port, new_port) = (u16::from_be(old_port), u16::from_be(port));
     let icmp_csum_off = pkt.l4_off + 2;
     let mut icmp = load16(ctx, icmp_csum_off)?;
 
-    // Inner source address, and the inner IPv4 checksum that covers it.
-    ctx.store(inner.ip_off + 12, &ip, u64::from(BPF_F_RECOMPUTE_CSUM))
-        .map_err(|_| DropReason::Internal)?;
+    // Inner address, and the inner IPv4 checksum that covers it.
+    ctx.store(
+        inner.ip_off + addr_off,
+        &ip,
+        u64::from(BPF_F_RECOMPUTE_CSUM),
+    )
+    .map_err(|_| DropReason::Internal)?;
     icmp = csum::update32(icmp, old_ip, new_ip);
     let ip_csum = load16(ctx, inner.ip_off + 10)?;
     let new_ip_csum = csum::update32(ip_csum, old_ip, new_ip);
     store16(ctx, inner.ip_off + 10, new_ip_csum)?;
     icmp = csum::update16(icmp, ip_csum, new_ip_csum);
 
-    // Inner source port (echo: identifier), then the inner L4 checksum if it was quoted
-    // (UDP's always is, within the 8 bytes; TCP's only when the quote is longer).
+    // Inner port (echo: identifier), then the inner L4 checksum if it was quoted (UDP's
+    // always is, within the 8 bytes; TCP's only when the quote is longer).
     let (port_off, l4_csum_off, pseudo) = match inner.proto {
-        proto::TCP => (inner.l4_off, inner.l4_off + 16, true),
-        proto::UDP => (inner.l4_off, inner.l4_off + 6, true),
+        proto::TCP => (inner.l4_off + port_off, inner.l4_off + 16, true),
+        proto::UDP => (inner.l4_off + port_off, inner.l4_off + 6, true),
         _ => (inner.l4_off + 4, inner.l4_off + 2, false),
     };
     store16(ctx, port_off, new_port)?;
