@@ -201,6 +201,13 @@ pub fn flags(e: *mut CtEntry) -> u32 {
     unsafe { (*e).flags }
 }
 
+/// The container that owns the entry's flow.
+#[inline(always)]
+pub fn endpoint_id(e: *mut CtEntry) -> u32 {
+    // SAFETY: `e` came from a lookup in this program run.
+    unsafe { (*e).endpoint_id }
+}
+
 /// A closing TCP entry hit by a fresh SYN: the tuple is being reused by a new connection,
 /// which is translated afresh (the mapping may have changed since).
 #[inline(always)]

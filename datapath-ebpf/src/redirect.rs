@@ -99,10 +99,9 @@ pub fn into_container(ctx: &TcContext, pkt: &Packet, ep: &Endpoint) -> Result<i3
         return forward(ctx, pkt);
     }
     verdict::count_ep(ep.id, Dir::Rx, ctx.len());
-    if let Err(r) = ratelimit::police(ep.id, Way::Ingress, ctx.len()) {
-        // Counted against the container, as `to_container` would.
-        return Ok(verdict::tc_for(Err(r.into()), ep.id));
-    }
+    // Over the limit: the hook drops it and counts it against the container (its flow's
+    // owner), as `to_container` would.
+    ratelimit::police(ep.id, Way::Ingress, ctx.len())?;
     decrement_ttl(ctx, pkt)?;
     ctx.store(0, &p.dmac, 0).map_err(|_| DropReason::Internal)?;
     ctx.store(6, &p.smac, 0).map_err(|_| DropReason::Internal)?;

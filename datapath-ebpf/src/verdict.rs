@@ -68,14 +68,9 @@ pub fn count(idx: u32) {
     }
 }
 
-/// Final TC action of a hook: the action it chose, or the one its stop implies.
-#[inline(always)]
-pub fn tc(res: Result<i32, Stop>) -> i32 {
-    tc_for(res, 0)
-}
-
-/// `tc` for a packet of container `endpoint_id` (0: none): a drop is also counted in the
-/// container's `EpStats.drops`.
+/// Final TC action of a hook: the action it chose, or the one its stop implies. A drop of a
+/// packet of container `endpoint_id` (0: none known) is also counted in the container's
+/// `EpStats.drops`.
 #[inline(always)]
 pub fn tc_for(res: Result<i32, Stop>, endpoint_id: u32) -> i32 {
     match res {

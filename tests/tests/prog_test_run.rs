@@ -37,10 +37,11 @@ use datapath_common::{
     maps,
     portmap::{PortKey, PortValue},
     proto,
+    ratelimit::{RateLimit, TokenBucket},
     stats::{
         CNT_CT_CREATED, CNT_DNAT_HAIRPIN, CNT_DNAT_UPLINK, CNT_DROP_ICC, CNT_DROP_POLICY,
-        CNT_DROP_SPOOF, CNT_ICMP_ERR_XLATED, CNT_PASS_FRAGMENT, CNT_PASS_MALFORMED,
-        CNT_PASS_NOT_IPV4, CNT_REVNAT, CNT_REVSNAT, CNT_SNAT_FLOWS,
+        CNT_DROP_RATELIMIT, CNT_DROP_SPOOF, CNT_ICMP_ERR_XLATED, CNT_PASS_FRAGMENT,
+        CNT_PASS_MALFORMED, CNT_PASS_NOT_IPV4, CNT_REVNAT, CNT_REVSNAT, CNT_SNAT_FLOWS,
     },
 };
 
@@ -1676,6 +1677,43 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         Want::Same(TC_ACT_OK),
     )?;
 
+    // ---- drops in from_uplink count against the container ----
+    // With c1's neighbour entry known the FIB lookup succeeds and a translated packet takes
+    // the fast path into c1, which polices c1's ingress bucket; an empty bucket drops it.
+    let out = std::process::Command::new("ip")
+        .args([
+            "neigh",
+            "replace",
+            "10.254.0.2",
+            "lladdr",
+            "02:00:00:00:00:cc",
+        ])
+        .args(["dev", "tgh1", "nud", "permanent"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ip neigh: {out:?}");
+    let mut rl: aya::maps::Array<&mut MapData, RateLimit> =
+        aya::maps::Array::try_from(bpf.map_mut(maps::RATELIMIT).unwrap())?;
+    rl.set(
+        1,
+        RateLimit {
+            ingress: TokenBucket::new(8, 1),
+            ..RateLimit::default()
+        },
+        0,
+    )?;
+    let b = &bpf;
+    let (ret, _) = run(
+        b,
+        "from_uplink",
+        "tgt0",
+        &Frame::tcp(CLIENT, 443, HOST, p, TCP_ACK).build(),
+    )?;
+    assert_eq!(
+        ret, TC_ACT_SHOT,
+        "a masqueraded flow's reply over c1's ingress limit on the fast path is dropped"
+    );
+    println!("ok: ingress limit on the fast path from the uplink drops");
+
     check_filter_stats(b)
 }
 
@@ -1693,8 +1731,16 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
     assert_eq!(drops(2, DropReason::Policy)?, 4, "c2 policy drops");
     assert_eq!(drops(3, DropReason::Icc)?, 1, "c3 ICC drops");
     assert_eq!(drops(3, DropReason::Policy)?, 2, "c3 policy drops");
+    assert_eq!(
+        drops(1, DropReason::RateLimit)?,
+        1,
+        "c1 ratelimit drops (from_uplink, counted against c1)"
+    );
     let c1 = ep_stats(bpf, 1)?;
-    assert_eq!(c1.rx_packets, 1, "c1 rx (to_container)");
+    assert_eq!(
+        c1.rx_packets, 2,
+        "c1 rx (to_container, and the fast path into it)"
+    );
     assert!(
         c1.tx_packets >= 15 && c1.tx_bytes >= c1.tx_packets * 42,
         "c1 tx counted: {c1:?}"
@@ -1707,8 +1753,9 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
         (CNT_DROP_SPOOF, "drop_spoof", 1),
         (CNT_DROP_ICC, "drop_icc", 2),
         (CNT_DROP_POLICY, "drop_policy", 7),
+        (CNT_DROP_RATELIMIT, "drop_ratelimit", 1),
         (CNT_ICMP_ERR_XLATED, "icmp_err_xlated", 4),
-        (CNT_REVSNAT, "revsnat", 4),
+        (CNT_REVSNAT, "revsnat", 5),
     ] {
         assert_eq!(total(idx)?, want, "counter {name}");
     }

@@ -29,21 +29,27 @@ use crate::{
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    verdict::tc(try_from_uplink(&ctx))
+    // A drop is also counted against the container the packet is for, once that is known.
+    let mut owner = 0;
+    let res = try_from_uplink(&ctx, &mut owner);
+    verdict::tc_for(res, owner)
 }
 
+/// `owner` is set to the id of the container the packet goes to (its flow's `endpoint_id`)
+/// as soon as it is known, before anything that may drop the packet.
 #[inline(always)]
-fn try_from_uplink(ctx: &TcContext) -> Result<i32, Stop> {
+fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
     let mut pkt = Packet::parse(ctx)?;
     let cfg = config::get();
     let now = conntrack::now_ns();
     if pkt.is_icmp_error() {
-        icmp::rev_error(ctx, &pkt, &cfg, now)?;
+        icmp::rev_error(ctx, &pkt, &cfg, now, owner)?;
         return Ok(TC_ACT_OK);
     }
     let key = pkt.ct_key();
     let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
         Some(e) if usable(e, &pkt) => {
+            *owner = conntrack::endpoint_id(e);
             let counter = hit_counter(conntrack::flags(e));
             (e, conntrack::ensure_reverse(&key, e)?, counter)
         }
@@ -52,7 +58,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Stop> {
         Some(e) if !conntrack::reused(e, &pkt) => return Err(Skip::NotOurs.into()),
         // A miss (or a reused tuple) on any packet, not only a SYN: a flow whose entries were
         // lost keeps working, its entries are recreated from the port map.
-        _ => new_flow(ctx, &pkt, &key, now)?,
+        _ => new_flow(ctx, &pkt, &key, now, owner)?,
     };
     // SAFETY: `e` came from a lookup in this run; copied so the rewrite reads stable values.
     let entry: CtEntry = unsafe { *e };
@@ -109,8 +115,10 @@ fn new_flow(
     pkt: &Packet,
     key: &CtKey,
     now: u64,
+    owner: &mut u32,
 ) -> Result<(*mut CtEntry, *mut CtEntry, Option<u32>), Stop> {
     if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
+        *owner = pm.endpoint_id;
         let e = dnat::flow_entry(&pm, 0, now);
         let (e, other) = conntrack::create(key, &e)?;
         debug!(
@@ -123,7 +131,7 @@ fn new_flow(
         );
         return Ok((e, other, Some(CNT_DNAT_UPLINK)));
     }
-    routed(ctx, pkt, key, now)
+    routed(ctx, pkt, key, now, owner)
 }
 
 /// A new flow straight to a container's IP (routed, no NAT): tracked untranslated so the
@@ -134,11 +142,13 @@ fn routed(
     pkt: &Packet,
     key: &CtKey,
     now: u64,
+    owner: &mut u32,
 ) -> Result<(*mut CtEntry, *mut CtEntry, Option<u32>), Stop> {
     if !pkt.opens_flow() {
         return Err(Skip::NotOurs.into());
     }
     let ep = policy::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;
+    *owner = ep.id;
     let plain = CtEntry {
         endpoint_id: ep.id,
         created_ns: now,

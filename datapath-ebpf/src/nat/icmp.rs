@@ -54,9 +54,15 @@ struct Inner {
 }
 
 /// Translates an ICMP error about a translated flow back to the flow's container, or
-/// `NotOurs` (the stack gets it untouched).
+/// `NotOurs` (the stack gets it untouched). `owner` is set to the container once known.
 #[inline(always)]
-pub fn rev_error(ctx: &TcContext, pkt: &Packet, cfg: &Config, now: u64) -> Result<(), Stop> {
+pub fn rev_error(
+    ctx: &TcContext,
+    pkt: &Packet,
+    cfg: &Config,
+    now: u64,
+    owner: &mut u32,
+) -> Result<(), Stop> {
     let inner = quoted(ctx, pkt)?;
     // Only errors addressed to the quoted packet's source can be about it.
     if inner.saddr != pkt.daddr {
@@ -68,6 +74,7 @@ pub fn rev_error(ctx: &TcContext, pkt: &Packet, cfg: &Config, now: u64) -> Resul
     if entry.flags & CT_DNAT == 0 || entry.flags & CT_HAIRPIN != 0 {
         return Err(Skip::NotOurs.into());
     }
+    *owner = entry.endpoint_id;
     outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, entry.nat_daddr)?;
     inner_rewrite(ctx, pkt, &inner, End::Src, entry.nat_daddr, entry.nat_dport)?;
     verdict::count(CNT_ICMP_ERR_XLATED);
