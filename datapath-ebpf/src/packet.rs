@@ -225,14 +225,15 @@ impl Packet {
     }
 }
 
-/// The IPv4 source address of the frame, or `None` if it is not IPv4 (anti-spoofing runs on
-/// every IPv4 packet, whatever its protocol, before the full parse).
+/// The IPv4 header of the frame, or `None` if it is not IPv4 (anti-spoofing runs on every
+/// IPv4 packet, whatever its protocol, before the full parse; the protocols `Packet` does not
+/// parse are judged by its protocol and destination alone).
 #[inline(always)]
-pub fn ipv4_saddr(ctx: &TcContext) -> Result<Option<u32>, Skip> {
+pub fn ipv4_header(ctx: &TcContext) -> Result<Option<Ipv4Hdr>, Skip> {
     let ethertype: u16 = ctx.load(12).map_err(|_| Skip::Malformed)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return Ok(None);
     }
-    let saddr: u32 = ctx.load(IP_SADDR_OFF).map_err(|_| Skip::Malformed)?;
-    Ok(Some(saddr))
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Skip::Malformed)?;
+    Ok(Some(ip))
 }

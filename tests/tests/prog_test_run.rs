@@ -67,6 +67,9 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+/// IP protocols conntrack does not track.
+const IPPROTO_GRE: u8 = 47;
+const IPPROTO_SCTP: u8 = 132;
 /// IPv4 options used by the IHL case: NOP, NOP, NOP, EOL (one 32-bit word).
 const IP_OPTIONS: &[u8] = &[1, 1, 1, 0];
 /// The longest options (IHL 15): 39 NOPs and an EOL.
@@ -96,6 +99,10 @@ enum L4 {
         type_: u8,
         code: u8,
         quoted: Vec<u8>,
+    },
+    /// Another IP protocol: 8 bytes of payload, no checksum of ours.
+    Raw {
+        proto: u8,
     },
 }
 
@@ -214,11 +221,12 @@ impl Frame {
                 m.extend_from_slice(quoted);
                 (proto::ICMP, m)
             }
+            L4::Raw { proto } => (proto, b"tollgate".to_vec()),
         };
         let csum_off = match self.l4 {
             L4::Tcp { .. } => Some(16),
             L4::Udp { zero_csum: false } => Some(6),
-            L4::Udp { zero_csum: true } => None,
+            L4::Udp { zero_csum: true } | L4::Raw { .. } => None,
             L4::Icmp { .. } | L4::IcmpError { .. } => Some(2),
         };
         if let Some(off) = csum_off {
@@ -1050,7 +1058,7 @@ fn hex(b: &[u8]) -> String {
 //  c3 10.254.0.10 [tgh3] -+   pool 10.254.0.0/22, ICC off, link c1 -> c2
 //  c2 policy: 198.51.100.0/24 [allow 53/udp, allow 8000-8100/tcp, deny]
 //             198.51.100.8/32 [allow 80/tcp, allow 53/udp, allow 8000-8100/tcp, deny]
-//  c3 egress deny; 198.51.100.7/32 [allow 443/tcp]
+//  c3 egress deny; 198.51.100.7/32 [allow 443/tcp, allow sctp]
 // ```
 // Steps run in order, each one a `{description, program, device, input, expected}` check;
 // the masquerade port is whatever the datapath allocated (read from its output, checked to be
@@ -1129,6 +1137,11 @@ fn echo(src: [u8; 4], dst: [u8; 4], id: u16, type_: u8) -> Frame {
     Frame::new(src, id, dst, id, L4::Icmp { type_ })
 }
 
+/// A packet of an IP protocol other than TCP/UDP/ICMP.
+fn raw(src: [u8; 4], dst: [u8; 4], proto: u8) -> Frame {
+    Frame::new(src, 0, dst, 0, L4::Raw { proto })
+}
+
 fn config(bpf: &mut Ebpf) -> anyhow::Result<()> {
     let mut cfg: aya::maps::Array<&mut MapData, Config> =
         aya::maps::Array::try_from(bpf.map_mut(maps::CONFIG).unwrap())?;
@@ -1171,12 +1184,13 @@ fn config(bpf: &mut Ebpf) -> anyhow::Result<()> {
     let deny = rule(0, 0, 0, POLICY_DENY);
     let web = rule(proto::TCP, 80, 80, POLICY_ALLOW);
     let https = rule(proto::TCP, 443, 443, POLICY_ALLOW);
+    let sctp = rule(IPPROTO_SCTP, 0, 0, POLICY_ALLOW);
     let mut policy: LpmTrie<&mut MapData, PolicyKey, PolicyChain> =
         LpmTrie::try_from(bpf.map_mut(maps::POLICY).unwrap())?;
     for (id, net, prefix, rules) in [
         (2, [198, 51, 100, 0], 24, vec![dns, range, deny]),
         (2, PEER8, 32, vec![web, dns, range, deny]),
-        (3, CLIENT, 32, vec![https]),
+        (3, CLIENT, 32, vec![https, sctp]),
     ] {
         let mut chain = PolicyChain {
             len: rules.len() as u32,
@@ -1668,6 +1682,70 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         Want::Same(TC_ACT_SHOT),
     )?;
 
+    // ---- protocols conntrack does not track: judged per packet ----
+    step(
+        b,
+        "SCTP c1 -> outside: no rule, default allow: passes untouched (not masqueraded)",
+        "from_container",
+        &raw(C1, CLIENT, IPPROTO_SCTP),
+        Want::Same(TC_ACT_OK),
+    )?;
+    step(
+        b,
+        "GRE c1 -> c2: allowed by the link c1 -> c2",
+        "from_container",
+        &raw(C1, C2, IPPROTO_GRE),
+        Want::Same(TC_ACT_OK),
+    )?;
+    step(
+        b,
+        "GRE c2 -> c1: ICC off and no link: dropped",
+        "from_container",
+        &raw(C2, C1, IPPROTO_GRE),
+        Want::Same(TC_ACT_SHOT),
+    )?;
+    step(
+        b,
+        "SCTP c2 -> .9: the /24 chain's any-protocol deny drops it",
+        "from_container",
+        &raw(C2, PEER9, IPPROTO_SCTP),
+        Want::Same(TC_ACT_SHOT),
+    )?;
+    step(
+        b,
+        "ICMP timestamp request c2 -> .9 (neither echo nor error): the any-protocol deny",
+        "from_container",
+        &echo(C2, PEER9, 9, 13),
+        Want::Same(TC_ACT_SHOT),
+    )?;
+    step(
+        b,
+        "SCTP c3 -> client: allowed by c3's protocol-specific rule",
+        "from_container",
+        &raw(C3, CLIENT, IPPROTO_SCTP),
+        Want::Same(TC_ACT_OK),
+    )?;
+    step(
+        b,
+        "GRE c3 -> client: no rule matches: c3's default deny",
+        "from_container",
+        &raw(C3, CLIENT, IPPROTO_GRE),
+        Want::Same(TC_ACT_SHOT),
+    )?;
+    step(
+        b,
+        "an ICMP error c2 sends where its policy denies everything is an answer: passes",
+        "from_container",
+        &icmp_error(
+            C2,
+            PEER9,
+            3,
+            3,
+            quote(&Frame::udp(PEER9, 53, C2, 4444), None),
+        ),
+        Want::Same(TC_ACT_OK),
+    )?;
+
     // ---- to_container ----
     step(
         b,
@@ -1727,10 +1805,18 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
         1,
         "c1 policy drops (mid-flow ACK)"
     );
-    assert_eq!(drops(2, DropReason::Icc)?, 1, "c2 ICC drops");
-    assert_eq!(drops(2, DropReason::Policy)?, 4, "c2 policy drops");
+    assert_eq!(drops(2, DropReason::Icc)?, 2, "c2 ICC drops (TCP, GRE)");
+    assert_eq!(
+        drops(2, DropReason::Policy)?,
+        6,
+        "c2 policy drops (4 tracked, SCTP, ICMP timestamp)"
+    );
     assert_eq!(drops(3, DropReason::Icc)?, 1, "c3 ICC drops");
-    assert_eq!(drops(3, DropReason::Policy)?, 2, "c3 policy drops");
+    assert_eq!(
+        drops(3, DropReason::Policy)?,
+        3,
+        "c3 policy drops (2 tracked, GRE)"
+    );
     assert_eq!(
         drops(1, DropReason::RateLimit)?,
         1,
@@ -1751,8 +1837,8 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
     let total = |idx: u32| -> anyhow::Result<u64> { Ok(counters.get(&idx, 0)?.iter().sum()) };
     for (idx, name, want) in [
         (CNT_DROP_SPOOF, "drop_spoof", 1),
-        (CNT_DROP_ICC, "drop_icc", 2),
-        (CNT_DROP_POLICY, "drop_policy", 7),
+        (CNT_DROP_ICC, "drop_icc", 3),
+        (CNT_DROP_POLICY, "drop_policy", 10),
         (CNT_DROP_RATELIMIT, "drop_ratelimit", 1),
         (CNT_ICMP_ERR_XLATED, "icmp_err_xlated", 4),
         (CNT_REVSNAT, "revsnat", 5),

@@ -4,6 +4,7 @@
 //! container A --> [tgA] from_container --+-- over A's egress limit:              drop (RateLimit)
 //!                                        +-- source is not A's IP:              drop (Spoof)
 //!                                        +-- ICMP error about a translated flow: source back to hostip / snat_ip --> FIB redirect
+//!                                        +-- other protocol (SCTP, GRE, ...):   link | ICC, policy --> node stack, or drop
 //!                                        +-- conntrack hit:
 //!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
 //!                                        |     masqueraded flow:            source to snat_ip:port  --> FIB redirect (uplink)
@@ -27,7 +28,9 @@
 //! ICMP errors a container sends are answers and pass; those about a flow that reached it
 //! translated (port map, hairpin, masquerade reply) are translated back like the flow's other
 //! packets (`nat::icmp::container_error`) and forwarded. IP protocols other than TCP/UDP/ICMP
-//! echo pass untouched after anti-spoofing (no policy or ICC applies to them).
+//! echo (SCTP, GRE, other ICMP types, ...) are not tracked: every such packet is judged like a
+//! new flow (links/ICC towards a container, then the policy chain with protocol-specific or
+//! any-protocol rules, and no port), and passes untouched or is dropped.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -72,13 +75,17 @@ pub fn from_container(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
-    match packet::ipv4_saddr(ctx)? {
+    let ip = match packet::ipv4_header(ctx)? {
         None => return Err(Skip::NotIpv4.into()),
-        Some(saddr) if saddr != ep.ip => return Err(DropReason::Spoof.into()),
-        Some(_) => {}
-    }
+        Some(ip) if ip.saddr != ep.ip => return Err(DropReason::Spoof.into()),
+        Some(ip) => ip,
+    };
     let cfg = config::get();
-    let mut pkt = Packet::parse(ctx)?;
+    let mut pkt = match Packet::parse(ctx) {
+        Ok(pkt) => pkt,
+        Err(Skip::OtherProto) => return other_proto(ep, &cfg, ip.daddr, ip.protocol),
+        Err(s) => return Err(s.into()),
+    };
     let now = conntrack::now_ns();
     if pkt.is_icmp_error() {
         icmp::container_error(ctx, &mut pkt, &cfg, now)?;
@@ -213,6 +220,15 @@ fn new_flow(
         u16::from_be(pkt.dport)
     );
     Ok((e, other, None))
+}
+
+/// A protocol conntrack does not track (module docs): judged as a new flow every time, by
+/// protocol and destination alone; passes untouched when allowed.
+#[inline(always)]
+fn other_proto(ep: &Endpoint, cfg: &Config, daddr: u32, proto: u8) -> Result<i32, Stop> {
+    let peer = policy::endpoint(daddr);
+    policy::new_flow(ep, peer.as_ref(), cfg, daddr, proto, 0)?;
+    Err(Skip::OtherProto.into())
 }
 
 /// What happens to a packet that may not open a flow and has no entry (module docs).
