@@ -488,3 +488,73 @@ fn container_add_and_del_plumb_and_unplumb() {
     );
     assert_eq!(sb.json(&["container", "list"]).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn new_programs_replace_old_ones_inside_the_links_without_dropping_a_flow() {
+    let mut sb = sandbox!("pm-upg");
+    let (web, ns, _) = sb.container("web");
+    let _t = tcp_echo(&ns, 80, "web").unwrap();
+    sb.publish(&web, "8080:80");
+    let ids = |sb: &Sandbox| -> Vec<(String, u64)> {
+        let st = sb.json(&["status"]);
+        st["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["id"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = ids(&sb);
+    // An established connection that must live through the swap.
+    let (ip, client) = (sb.uplink_ip, sb.client.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let conn = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let mut c = TcpStream::connect((ip, 8080))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 256];
+            let mut greeting = Vec::new();
+            while !greeting.ends_with(b"\n") {
+                let n = c.read(&mut buf)?;
+                anyhow::ensure!(n > 0, "connection closed");
+                greeting.extend_from_slice(&buf[..n]);
+            }
+            anyhow::ensure!(greeting.starts_with(b"web"));
+            rx.recv()?;
+            c.write_all(b"after the swap")?;
+            let mut got = Vec::new();
+            while got.len() < 14 {
+                let n = c.read(&mut buf)?;
+                anyhow::ensure!(n > 0, "connection closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+            Ok(String::from_utf8_lossy(&got).to_string())
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // An upgrade is a start with a different embedded object: forget the pinned fingerprint.
+    sb.stop_daemon();
+    for e in std::fs::read_dir(sb.bpffs.join("object")).unwrap() {
+        std::fs::remove_dir(e.unwrap().path()).unwrap();
+    }
+    sb.start_daemon().unwrap();
+    let after = ids(&sb);
+    for ((n1, i1), (n2, i2)) in before.iter().zip(&after) {
+        assert_eq!(n1, n2);
+        assert_ne!(i1, i2, "{n1} was not reloaded");
+    }
+    assert!(
+        sb.daemon_log().contains("program replaced"),
+        "links were not updated in place"
+    );
+    tx.send(()).unwrap();
+    assert_eq!(conn.join().unwrap().unwrap(), "after the swap");
+    assert!(tcp_request(&sb.client, sb.uplink_ip, 8080, "new")
+        .unwrap()
+        .ends_with("new"));
+}
