@@ -8,3 +8,18 @@ pub mod sandbox;
 
 pub use net::*;
 pub use sandbox::*;
+
+/// `sandbox!(name)` / `sandbox!(name, &["--flag", ...])`: a `Sandbox` for the calling test, or
+/// an early return (with the reason printed) where privileged tests cannot run.
+#[macro_export]
+macro_rules! sandbox {
+    ($name:expr) => {
+        $crate::sandbox!($name, &[])
+    };
+    ($name:expr, $flags:expr) => {{
+        if !$crate::can_run() {
+            return;
+        }
+        $crate::Sandbox::with_flags($name, $flags).expect("sandbox")
+    }};
+}

@@ -12,21 +12,6 @@ use std::{
 use serde_json::Value;
 use tollgate_tests::*;
 
-macro_rules! sandbox {
-    ($name:expr) => {{
-        if !can_run() {
-            return;
-        }
-        Sandbox::new($name).expect("sandbox")
-    }};
-    ($name:expr, $flags:expr) => {{
-        if !can_run() {
-            return;
-        }
-        Sandbox::with_flags($name, $flags).expect("sandbox")
-    }};
-}
-
 fn ip_of(ep: &Value) -> Ipv4Addr {
     let s = ep
         .as_str()

@@ -10,15 +10,6 @@ use std::{
 use serde_json::{json, Value};
 use tollgate_tests::*;
 
-macro_rules! sandbox {
-    ($name:expr) => {{
-        if !can_run() {
-            return;
-        }
-        Sandbox::new($name).expect("sandbox")
-    }};
-}
-
 const BLOCKED_WAIT: Duration = Duration::from_millis(1500);
 
 /// A TCP exchange from `ns` to a `tcp_echo` tagged `tag` works; returns the peer it saw.

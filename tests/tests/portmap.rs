@@ -8,15 +8,6 @@ use std::{
 
 use tollgate_tests::*;
 
-macro_rules! sandbox {
-    ($name:expr) => {{
-        if !can_run() {
-            return;
-        }
-        Sandbox::new($name).expect("sandbox")
-    }};
-}
-
 fn peer_ip(answer: &str) -> Ipv4Addr {
     let p = answer
         .split("peer=")

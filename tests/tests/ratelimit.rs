@@ -22,19 +22,17 @@ use tollgate_tests::*;
 
 const MBIT: f64 = 1e6;
 
-macro_rules! sandbox {
+/// The shared `sandbox!`, plus iperf3 (installed by `cargo xtask setup`).
+macro_rules! iperf_sandbox {
     ($name:expr) => {
-        sandbox!($name, &[])
+        iperf_sandbox!($name, &[])
     };
     ($name:expr, $flags:expr) => {{
-        if !can_run() {
-            return;
-        }
         if Command::new("iperf3").arg("--version").output().is_err() {
             eprintln!("skipped: iperf3 not installed (run `cargo xtask setup`)");
             return;
         }
-        Sandbox::with_flags($name, $flags).expect("sandbox")
+        tollgate_tests::sandbox!($name, $flags)
     }};
 }
 
@@ -198,7 +196,7 @@ fn num(v: &Value, path: &[&str]) -> u64 {
 
 #[test]
 fn egress_tcp_10_and_100_mbit() {
-    let sb = sandbox!("rl-eg");
+    let sb = iperf_sandbox!("rl-eg");
     let (name, ns, _) = sb.container("a");
     for (mbit, port) in [(10u64, 5301u16), (100, 5302)] {
         sb.ok(&["limit", "set", &name, "--egress", &format!("{mbit}mbit")]);
@@ -215,7 +213,7 @@ fn egress_tcp_10_and_100_mbit() {
 
 #[test]
 fn ingress_tcp_10_and_100_mbit() {
-    let sb = sandbox!("rl-in");
+    let sb = iperf_sandbox!("rl-in");
     let (name, ns, _) = sb.container("a");
     for (mbit, port) in [(10u64, 5311u16), (100, 5312)] {
         sb.ok(&["limit", "set", &name, "--ingress", &format!("{mbit}mbit")]);
@@ -234,7 +232,7 @@ fn ingress_tcp_10_and_100_mbit() {
 /// masquerade and iperf3 at once, so the lower bound is loose; the bench has the figures.
 #[test]
 fn tcp_1_gbit_both_ways() {
-    let sb = sandbox!("rl-gb");
+    let sb = iperf_sandbox!("rl-gb");
     let (name, ns, _) = sb.container("a");
     sb.ok(&[
         "limit",
@@ -256,7 +254,7 @@ fn tcp_1_gbit_both_ways() {
 /// byte counters.
 #[test]
 fn udp_at_twice_the_rate_is_policed_and_counted() {
-    let sb = sandbox!("rl-udp", &["--metrics", "127.0.0.1:9361"]);
+    let sb = iperf_sandbox!("rl-udp", &["--metrics", "127.0.0.1:9361"]);
     let (name, ns, _) = sb.container("a");
     sb.ok(&[
         "limit",
@@ -340,7 +338,7 @@ fn udp_at_twice_the_rate_is_policed_and_counted() {
 /// A limited container does not slow an unlimited neighbour sending at the same time.
 #[test]
 fn unlimited_neighbour_is_not_slowed() {
-    let sb = sandbox!("rl-nb");
+    let sb = iperf_sandbox!("rl-nb");
     let (a, a_ns, _) = sb.container("a");
     let (_b, b_ns, _) = sb.container("b");
     sb.ok(&["limit", "set", &a, "--egress", "10mbit"]);
@@ -363,7 +361,7 @@ fn unlimited_neighbour_is_not_slowed() {
 /// policed on A's own veth, before any routing decision).
 #[test]
 fn container_to_container_is_limited() {
-    let sb = sandbox!("rl-c2c", &["--icc"]);
+    let sb = iperf_sandbox!("rl-c2c", &["--icc"]);
     let (a, a_ns, _) = sb.container("a");
     let (_b, b_ns, b_ip) = sb.container("b");
     sb.ok(&["limit", "set", &a, "--egress", "10mbit"]);
@@ -383,7 +381,7 @@ fn container_to_container_is_limited() {
 /// `limit clear` takes the limit off at once; `limit show` reports what is set.
 #[test]
 fn clear_removes_the_limit() {
-    let sb = sandbox!("rl-clr");
+    let sb = iperf_sandbox!("rl-clr");
     let (name, ns, _) = sb.container("a");
     sb.ok(&["limit", "set", &name, "--egress", "10mbit"]);
     let shown = sb.json(&["limit", "show", &name]);
@@ -400,7 +398,7 @@ fn bpftool_dump_shows_field_names() {
         eprintln!("skipped: bpftool not installed");
         return;
     }
-    let sb = sandbox!("rl-btf");
+    let sb = iperf_sandbox!("rl-btf");
     let (name, _, _) = sb.container("a");
     sb.ok(&[
         "limit",
