@@ -621,3 +621,37 @@ fn udp_to_a_closed_published_port_is_connection_refused() {
         "the container's port unreachable must reach the client as ECONNREFUSED"
     );
 }
+
+#[test]
+fn a_full_conntrack_table_evicts_the_oldest_and_new_flows_still_work() {
+    // 256 slots; 300 UDP flows need 600 halves.
+    let sb = sandbox!("nat-full", &["--conntrack-max", "256"]);
+    let (_a, ns, _) = sb.container("a");
+    let _srv = udp_echo(&sb.client, 53, "out").unwrap();
+    let client_ip = sb.client_ip;
+    let answered = in_ns(&ns, move || {
+        let mut ok = 0;
+        for i in 0..300u32 {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            if udp_exchange(&s, client_ip, 53, &format!("flow {i}"))?
+                .ends_with(&format!("flow {i}"))
+            {
+                ok += 1;
+            }
+        }
+        Ok(ok)
+    })
+    .unwrap();
+    assert_eq!(
+        answered, 300,
+        "every new flow must work while the table is full"
+    );
+    let st = sb.json(&["status"]);
+    let ct = &st["conntrack"];
+    assert_eq!(ct["max"], 256);
+    assert!(ct["entries"].as_u64().unwrap() <= 256, "{ct}");
+    assert!(
+        ct["evicted"].as_u64().unwrap() >= 300,
+        "LRU evictions must be counted: {ct}"
+    );
+}
