@@ -549,3 +549,30 @@ fn new_programs_replace_old_ones_inside_the_links_without_dropping_a_flow() {
         .unwrap()
         .ends_with("new"));
 }
+
+#[test]
+fn a_vanished_container_namespace_is_recreated_on_restart() {
+    let mut sb = sandbox!("pm-gone");
+    let (web, ns, ip) = sb.container("web");
+    sb.publish(&web, "8080:80");
+    // Someone deletes the namespace behind tollgate's back: its veth goes with it.
+    sh("ip", &["netns", "del", &ns]).unwrap();
+    sb.kill_daemon();
+    sb.start_daemon().unwrap();
+    let addr = sh(
+        "ip",
+        &["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"],
+    )
+    .unwrap();
+    assert!(
+        addr.contains(&format!("{ip}/30")),
+        "container not re-plumbed: {addr}"
+    );
+    let _t = tcp_echo(&ns, 80, "web").unwrap();
+    let a = tcp_request(&sb.client, sb.uplink_ip, 8080, "back").unwrap();
+    assert!(a.starts_with("web peer=") && a.ends_with("back"), "{a}");
+    assert_eq!(
+        sb.json(&["port", "list", &web]).as_array().unwrap().len(),
+        1
+    );
+}
