@@ -108,6 +108,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// The elements of a JSON array (none for anything else), for table rows.
+fn rows_of(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
 fn container(sock: &Path, c: ContainerCmd) -> Result<()> {
     match c {
         ContainerCmd::Add {
@@ -139,11 +144,7 @@ fn container(sock: &Path, c: ContainerCmd) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
+                let rows = rows_of(&v)
                     .map(|c| {
                         vec![
                             s(c, "name"),
@@ -193,11 +194,7 @@ fn port(sock: &Path, p: PortCmd) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
+                let rows = rows_of(&v)
                     .map(|m| {
                         vec![
                             s(m, "container"),
@@ -231,11 +228,7 @@ fn conntrack(sock: &Path, c: ConntrackCmd) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
+                let rows = rows_of(&v)
                     .map(|e| {
                         vec![
                             s(e, "proto"),

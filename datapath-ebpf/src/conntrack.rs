@@ -194,6 +194,22 @@ pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), 
     Ok((this, other))
 }
 
+/// Both halves of an untranslated (plain tracked) flow owned by container `endpoint_id`.
+#[inline(always)]
+pub fn create_plain(
+    key: &CtKey,
+    endpoint_id: u32,
+    now: u64,
+) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
+    let plain = CtEntry {
+        endpoint_id,
+        created_ns: now,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    create(key, &plain)
+}
+
 /// The entry's `CT_*` flags.
 #[inline(always)]
 pub fn flags(e: *mut CtEntry) -> u32 {

@@ -56,63 +56,23 @@ impl Drop for Server {
     }
 }
 
-/// TCP server in `ns` on `port`: greets each connection with `<tag> peer=<ip>:<port>\n`,
-/// then echoes everything back until EOF.
-pub fn tcp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
+/// Runs a server thread in `ns`: `setup` (bind, in the namespace) must succeed before this
+/// returns; `run` then serves until the returned `Server` is dropped (it sets the flag).
+fn serve_in<S: 'static>(
+    ns: &str,
+    setup: impl FnOnce() -> Result<S> + Send + 'static,
+    run: impl FnOnce(S, Arc<AtomicBool>) + Send + 'static,
+) -> Result<Server> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let (s2, path, tag) = (stop.clone(), format!("/run/netns/{ns}"), tag.to_string());
-    let handle = std::thread::spawn(move || {
-        let l = match enter(&path).and_then(|_| {
-            let l = TcpListener::bind(("0.0.0.0", port)).context("bind")?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        }) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        while !s2.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((mut c, peer)) => {
-                    let tag = tag.clone();
-                    let s3 = s2.clone();
-                    std::thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
-                        let _ = writeln!(c, "{tag} peer={peer}");
-                        let mut buf = vec![0u8; 65536];
-                        loop {
-                            match c.read(&mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    if c.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    if s3.load(Ordering::SeqCst) {
-                                        break;
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
+    let (s2, path) = (stop.clone(), format!("/run/netns/{ns}"));
+    let handle = std::thread::spawn(move || match enter(&path).and_then(|_| setup()) {
+        Ok(sock) => {
+            let _ = tx.send(Ok(()));
+            run(sock, s2);
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
         }
     });
     rx.recv().context("server thread died")??;
@@ -122,39 +82,79 @@ pub fn tcp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
     })
 }
 
+/// TCP server in `ns` on `port`: greets each connection with `<tag> peer=<ip>:<port>\n`,
+/// then echoes everything back until EOF.
+pub fn tcp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
+    let tag = tag.to_string();
+    serve_in(
+        ns,
+        move || {
+            let l = TcpListener::bind(("0.0.0.0", port)).context("bind")?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        },
+        move |l, s2| {
+            while !s2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        let tag = tag.clone();
+                        let s3 = s2.clone();
+                        std::thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                            let _ = writeln!(c, "{tag} peer={peer}");
+                            let mut buf = vec![0u8; 65536];
+                            loop {
+                                match c.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if c.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) =>
+                                    {
+                                        if s3.load(Ordering::SeqCst) {
+                                            break;
+                                        }
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        },
+    )
+}
+
 /// UDP server in `ns` on `port`: answers each datagram with `<tag> peer=<ip>:<port> <data>`.
 pub fn udp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s2, path, tag) = (stop.clone(), format!("/run/netns/{ns}"), tag.to_string());
-    let handle = std::thread::spawn(move || {
-        let sock = match enter(&path).and_then(|_| {
+    let tag = tag.to_string();
+    serve_in(
+        ns,
+        move || {
             let s = UdpSocket::bind(("0.0.0.0", port)).context("bind")?;
             s.set_read_timeout(Some(Duration::from_millis(50)))?;
             Ok(s)
-        }) {
-            Ok(s) => {
-                let _ = tx.send(Ok(()));
-                s
+        },
+        move |sock, s2| {
+            let mut buf = [0u8; 2048];
+            while !s2.load(Ordering::SeqCst) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    let msg = format!("{tag} peer={peer} {}", String::from_utf8_lossy(&buf[..n]));
+                    let _ = sock.send_to(msg.as_bytes(), peer);
+                }
             }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let mut buf = [0u8; 2048];
-        while !s2.load(Ordering::SeqCst) {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let msg = format!("{tag} peer={peer} {}", String::from_utf8_lossy(&buf[..n]));
-                let _ = sock.send_to(msg.as_bytes(), peer);
-            }
-        }
-    });
-    rx.recv().context("server thread died")??;
-    Ok(Server {
-        stop,
-        handle: Some(handle),
-    })
+        },
+    )
 }
 
 /// Connects from `ns` to `ip:port`, sends `msg`, half-closes, and returns everything the
@@ -265,38 +265,25 @@ impl Recorder {
 /// UDP sink in `ns` on `port`: records every datagram (source, payload), answers nothing.
 pub fn udp_sink(ns: &str, port: u16) -> Result<Recorder> {
     let seen: Seen = Default::default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s2, path, seen2) = (stop.clone(), format!("/run/netns/{ns}"), seen.clone());
-    let handle = std::thread::spawn(move || {
-        let sock = match enter(&path).and_then(|_| {
-            let s = UdpSocket::bind(("0.0.0.0", port)).context("bind")?;
-            s.set_read_timeout(Some(Duration::from_millis(50)))?;
-            Ok(s)
-        }) {
-            Ok(s) => {
-                let _ = tx.send(Ok(()));
-                s
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let mut buf = [0u8; 2048];
-        while !s2.load(Ordering::SeqCst) {
-            if let Ok((n, SocketAddr::V4(peer))) = sock.recv_from(&mut buf) {
-                seen2.lock().unwrap().push((peer, buf[..n].to_vec()));
-            }
-        }
-    });
-    rx.recv().context("sink thread died")??;
+    let seen2 = seen.clone();
     Ok(Recorder {
         seen,
-        _server: Server {
-            stop,
-            handle: Some(handle),
-        },
+        _server: serve_in(
+            ns,
+            move || {
+                let s = UdpSocket::bind(("0.0.0.0", port)).context("bind")?;
+                s.set_read_timeout(Some(Duration::from_millis(50)))?;
+                Ok(s)
+            },
+            move |sock, s2| {
+                let mut buf = [0u8; 2048];
+                while !s2.load(Ordering::SeqCst) {
+                    if let Ok((n, SocketAddr::V4(peer))) = sock.recv_from(&mut buf) {
+                        seen2.lock().unwrap().push((peer, buf[..n].to_vec()));
+                    }
+                }
+            },
+        )?,
     })
 }
 
@@ -305,82 +292,70 @@ pub fn udp_sink(ns: &str, port: u16) -> Result<Recorder> {
 /// The recorded port is the echo identifier for echo messages, 0 otherwise.
 pub fn icmp_sink(ns: &str) -> Result<Recorder> {
     let seen: Seen = Default::default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s2, path, seen2) = (stop.clone(), format!("/run/netns/{ns}"), seen.clone());
-    let handle = std::thread::spawn(move || {
-        let fd = match enter(&path).and_then(|_| {
-            // SAFETY: plain socket(2) call; the fd is owned below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("raw ICMP socket");
-            }
-            // SAFETY: fd is a fresh socket we own.
-            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 50_000,
-            };
-            // SAFETY: valid socket and option buffer.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    &tv as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
-            Ok(fd)
-        }) {
-            Ok(fd) => {
-                let _ = tx.send(Ok(()));
-                fd
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let mut buf = [0u8; 2048];
-        while !s2.load(Ordering::SeqCst) {
-            // SAFETY: reading into a buffer we own.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
-            if n < 20 {
-                continue;
-            }
-            let pkt = &buf[..n as usize];
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            if pkt.len() < ihl + 8 {
-                continue;
-            }
-            let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-            let icmp = &pkt[ihl..];
-            let id = if icmp[0] == 8 || icmp[0] == 0 {
-                u16::from_be_bytes([icmp[4], icmp[5]])
-            } else {
-                0
-            };
-            seen2
-                .lock()
-                .unwrap()
-                .push((SocketAddrV4::new(src, id), icmp.to_vec()));
-        }
-    });
-    rx.recv().context("icmp sink thread died")??;
+    let seen2 = seen.clone();
     Ok(Recorder {
         seen,
-        _server: Server {
-            stop,
-            handle: Some(handle),
-        },
+        _server: serve_in(
+            ns,
+            move || {
+                // SAFETY: plain socket(2) call; the fd is owned below.
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error()).context("raw ICMP socket");
+                }
+                // SAFETY: fd is a fresh socket we own.
+                let fd =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 50_000,
+                };
+                // SAFETY: valid socket and option buffer.
+                unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVTIMEO,
+                        &tv as *const _ as *const libc::c_void,
+                        std::mem::size_of::<libc::timeval>() as u32,
+                    )
+                };
+                Ok(fd)
+            },
+            move |fd, s2| {
+                let mut buf = [0u8; 2048];
+                while !s2.load(Ordering::SeqCst) {
+                    // SAFETY: reading into a buffer we own.
+                    let n = unsafe {
+                        libc::recv(
+                            fd.as_raw_fd(),
+                            buf.as_mut_ptr() as *mut libc::c_void,
+                            buf.len(),
+                            0,
+                        )
+                    };
+                    if n < 20 {
+                        continue;
+                    }
+                    let pkt = &buf[..n as usize];
+                    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+                    if pkt.len() < ihl + 8 {
+                        continue;
+                    }
+                    let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+                    let icmp = &pkt[ihl..];
+                    let id = if icmp[0] == 8 || icmp[0] == 0 {
+                        u16::from_be_bytes([icmp[4], icmp[5]])
+                    } else {
+                        0
+                    };
+                    seen2
+                        .lock()
+                        .unwrap()
+                        .push((SocketAddrV4::new(src, id), icmp.to_vec()));
+                }
+            },
+        )?,
     })
 }
 
@@ -441,79 +416,66 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
 /// connection, no greeting; records each accepted peer address.
 pub fn tcp_mass_echo(ns: &str, port: u16) -> Result<Recorder> {
     let seen: Seen = Default::default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s2, path, seen2) = (stop.clone(), format!("/run/netns/{ns}"), seen.clone());
-    let handle = std::thread::spawn(move || {
-        let l = match enter(&path).and_then(|_| {
-            let l = TcpListener::bind(("0.0.0.0", port)).context("bind")?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        }) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let mut conns: Vec<TcpStream> = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !s2.load(Ordering::SeqCst) {
-            let mut fds: Vec<libc::pollfd> = std::iter::once(l.as_raw_fd())
-                .chain(conns.iter().map(|c| c.as_raw_fd()))
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: fds is a valid array of pollfd.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
-            if n <= 0 {
-                continue;
-            }
-            let mut closed = Vec::new();
-            for (i, p) in fds.iter().enumerate().skip(1) {
-                if p.revents == 0 {
-                    continue;
-                }
-                let c = &mut conns[i - 1];
-                match c.read(&mut buf) {
-                    Ok(0) => closed.push(i - 1),
-                    Ok(k) => {
-                        let _ = c.set_nonblocking(false);
-                        if c.write_all(&buf[..k]).is_err() {
-                            closed.push(i - 1);
-                        }
-                        let _ = c.set_nonblocking(true);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => closed.push(i - 1),
-                }
-            }
-            for i in closed.into_iter().rev() {
-                conns.swap_remove(i);
-            }
-            if fds[0].revents != 0 {
-                while let Ok((c, peer)) = l.accept() {
-                    let _ = c.set_nonblocking(true);
-                    if let SocketAddr::V4(p) = peer {
-                        seen2.lock().unwrap().push((p, Vec::new()));
-                    }
-                    conns.push(c);
-                }
-            }
-        }
-    });
-    rx.recv().context("server thread died")??;
+    let seen2 = seen.clone();
     Ok(Recorder {
         seen,
-        _server: Server {
-            stop,
-            handle: Some(handle),
-        },
+        _server: serve_in(
+            ns,
+            move || {
+                let l = TcpListener::bind(("0.0.0.0", port)).context("bind")?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            },
+            move |l, s2| {
+                let mut conns: Vec<TcpStream> = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !s2.load(Ordering::SeqCst) {
+                    let mut fds: Vec<libc::pollfd> = std::iter::once(l.as_raw_fd())
+                        .chain(conns.iter().map(|c| c.as_raw_fd()))
+                        .map(|fd| libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        })
+                        .collect();
+                    // SAFETY: fds is a valid array of pollfd.
+                    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+                    if n <= 0 {
+                        continue;
+                    }
+                    let mut closed = Vec::new();
+                    for (i, p) in fds.iter().enumerate().skip(1) {
+                        if p.revents == 0 {
+                            continue;
+                        }
+                        let c = &mut conns[i - 1];
+                        match c.read(&mut buf) {
+                            Ok(0) => closed.push(i - 1),
+                            Ok(k) => {
+                                let _ = c.set_nonblocking(false);
+                                if c.write_all(&buf[..k]).is_err() {
+                                    closed.push(i - 1);
+                                }
+                                let _ = c.set_nonblocking(true);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => closed.push(i - 1),
+                        }
+                    }
+                    for i in closed.into_iter().rev() {
+                        conns.swap_remove(i);
+                    }
+                    if fds[0].revents != 0 {
+                        while let Ok((c, peer)) = l.accept() {
+                            let _ = c.set_nonblocking(true);
+                            if let SocketAddr::V4(p) = peer {
+                                seen2.lock().unwrap().push((p, Vec::new()));
+                            }
+                            conns.push(c);
+                        }
+                    }
+                }
+            },
+        )?,
     })
 }

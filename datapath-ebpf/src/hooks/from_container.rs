@@ -204,13 +204,7 @@ fn new_flow(
         );
         return Ok((e, other, Some(CNT_SNAT)));
     }
-    let plain = CtEntry {
-        endpoint_id: ep.id,
-        created_ns: now,
-        last_seen_ns: now,
-        ..CtEntry::default()
-    };
-    let (e, other) = conntrack::create(key, &plain)?;
+    let (e, other) = conntrack::create_plain(key, ep.id, now)?;
     debug!(
         ctx,
         "flow {:i}:{} -> {:i}:{}",

@@ -149,13 +149,7 @@ fn routed(
     }
     let ep = policy::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;
     *owner = ep.id;
-    let plain = CtEntry {
-        endpoint_id: ep.id,
-        created_ns: now,
-        last_seen_ns: now,
-        ..CtEntry::default()
-    };
-    let (e, other) = conntrack::create(key, &plain)?;
+    let (e, other) = conntrack::create_plain(key, ep.id, now)?;
     debug!(
         ctx,
         "inbound flow {:i}:{} -> {:i}:{}",
