@@ -28,6 +28,21 @@ pub struct Endpoint {
     pub _pad: u32,
 }
 
+/// Value of `TG_EP_L2` (an array by endpoint id): the Ethernet addresses of a container's
+/// veth pair, as `from_container` sees them on the frames the container sends (source: its
+/// `eth0`; destination: the host veth, its gateway). The inbound fast path addresses frames
+/// with them instead of a FIB lookup. Valid only while `host_ifindex` equals the endpoint's:
+/// a new container reusing the id starts with a stale slot, which that check ignores.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpL2 {
+    pub host_ifindex: u32,
+    /// The container's `eth0`.
+    pub mac: [u8; 6],
+    /// The host side of the pair.
+    pub host_mac: [u8; 6],
+}
+
 /// Key of `TG_LINKS`: `from` may open connections to `to` (by container id) even with ICC off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -92,6 +107,7 @@ pub struct EpStats {
 
 crate::impl_pod!(
     Endpoint,
+    EpL2,
     LinkKey,
     PolicyKey,
     PolicyRule,
@@ -105,6 +121,7 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(size_of::<super::Endpoint>(), 24);
+        assert_eq!(size_of::<super::EpL2>(), 16);
         assert_eq!(size_of::<super::LinkKey>(), 8);
         assert_eq!(size_of::<super::PolicyKey>(), 8);
         assert_eq!(size_of::<super::PolicyRule>(), 8);

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use datapath_common::{
     config::Config,
     conntrack::{CtEntry, CtKey},
-    endpoint::{Endpoint, EpStats, LinkKey, PolicyChain, PolicyKey},
+    endpoint::{Endpoint, EpL2, EpStats, LinkKey, PolicyChain, PolicyKey},
     maps::{
         CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, LINKS_MAX, LOCAL_ADDRS_MAX, POLICY_MAX, PORTMAP_MAX,
         SOCK_REVNAT_MAX,
@@ -76,6 +76,12 @@ pub static TG_CT: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_DEFAULT as usize }>
 #[btf_map]
 pub static TG_SOCK_RNAT: LruHashMap<SockRevKey, SockRevValue, { SOCK_REVNAT_MAX as usize }> =
     LruHashMap::new();
+
+/// Learned MACs of each container's veth pair, by endpoint id. `from_container` writes when
+/// they change; `from_uplink`'s fast path reads. Nobody else: a stale slot is ignored by its
+/// ifindex check, and a missing one only means the FIB lookup is not skipped.
+#[btf_map]
+pub static TG_EP_L2: Array<EpL2, { ENDPOINTS_MAX as usize }> = Array::new();
 
 /// `Config` at index 0. Agent writes; every hook reads (`config::get`).
 #[btf_map]

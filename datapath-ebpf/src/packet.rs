@@ -9,6 +9,8 @@ use datapath_common::{conntrack::CtKey, proto};
 use crate::verdict::Skip;
 
 pub const ETH_HLEN: usize = 14;
+/// An IPv4 header without options.
+const IPV4_HLEN: usize = 20;
 const ETH_P_IP: u16 = 0x0800;
 /// Offsets of the IPv4 fields we rewrite, from the start of the frame.
 pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
@@ -98,8 +100,72 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Parses the frame: straight from the linear packet data when the headers are there
+    /// (the common case: no IP options, headers not paged), else through `bpf_skb_load_bytes`.
     #[inline(always)]
     pub fn parse(ctx: &TcContext) -> Result<Self, Skip> {
+        match Self::parse_linear(ctx) {
+            Some(p) => Ok(p),
+            None => Self::parse_loaded(ctx),
+        }
+    }
+
+    /// The fast parse: an IPv4 header without options and a TCP/UDP/ICMP echo header, all in
+    /// the linear data. `None` means "not that simple case", never "malformed": the caller then
+    /// runs the full parse, which decides.
+    #[inline(always)]
+    fn parse_linear(ctx: &TcContext) -> Option<Self> {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        let l4 = data + ETH_HLEN + IPV4_HLEN;
+        // The longest header handled here (TCP) must fit; shorter UDP/ICMP frames take the
+        // full parse.
+        if l4 + size_of::<TcpHdr>() > end {
+            return None;
+        }
+        // SAFETY: every byte read below lies before `l4 + 20 <= end` (checked above).
+        let (ethertype, ip) = unsafe {
+            (
+                core::ptr::read_unaligned((data + 12) as *const u16),
+                core::ptr::read_unaligned((data + ETH_HLEN) as *const Ipv4Hdr),
+            )
+        };
+        let tot_len = usize::from(u16::from_be(ip.tot_len));
+        if u16::from_be(ethertype) != ETH_P_IP
+            || ip.version_ihl != 0x45
+            || u16::from_be(ip.frag_off) & IP_OFFSET_MASK != 0
+            || tot_len < IPV4_HLEN + size_of::<TcpHdr>()
+        {
+            return None;
+        }
+        // SAFETY: as above.
+        let (sport, dport, b12, b13) = unsafe {
+            (
+                core::ptr::read_unaligned(l4 as *const u16),
+                core::ptr::read_unaligned((l4 + 2) as *const u16),
+                *((l4 + 12) as *const u8),
+                *((l4 + 13) as *const u8),
+            )
+        };
+        let (sport, dport, tcp_flags) = match ip.protocol {
+            proto::TCP if b12 >> 4 >= 5 => (sport, dport, b13),
+            proto::UDP => (sport, dport, 0),
+            _ => return None,
+        };
+        Some(Self {
+            l4_off: ETH_HLEN + IPV4_HLEN,
+            proto: ip.protocol,
+            ttl: ip.ttl,
+            tcp_flags,
+            icmp_type: 0,
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport,
+            dport,
+        })
+    }
+
+    #[inline(always)]
+    fn parse_loaded(ctx: &TcContext) -> Result<Self, Skip> {
         let ethertype: u16 = ctx.load(12).map_err(|_| Skip::Malformed)?;
         if u16::from_be(ethertype) != ETH_P_IP {
             return Err(Skip::NotIpv4);
@@ -230,6 +296,17 @@ impl Packet {
 /// parse are judged by its protocol and destination alone).
 #[inline(always)]
 pub fn ipv4_header(ctx: &TcContext) -> Result<Option<Ipv4Hdr>, Skip> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN + IPV4_HLEN <= end {
+        // SAFETY: the Ethernet and IPv4 headers lie inside the linear data (checked above).
+        let (ethertype, ip) = unsafe {
+            (
+                core::ptr::read_unaligned((data + 12) as *const u16),
+                core::ptr::read_unaligned((data + ETH_HLEN) as *const Ipv4Hdr),
+            )
+        };
+        return Ok((u16::from_be(ethertype) == ETH_P_IP).then_some(ip));
+    }
     let ethertype: u16 = ctx.load(12).map_err(|_| Skip::Malformed)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return Ok(None);
