@@ -1828,7 +1828,8 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
     assert_eq!(
         // 2 through to_container, 5 straight in by the fast path (which counts them itself):
         // the masqueraded SYN-ACK, the UDP reply, two echo replies, the port-mapped SYN.
-        c1.rx_packets, 7,
+        c1.rx_packets,
+        7,
         "c1 rx (to_container, and the fast path into it)"
     );
     assert!(
