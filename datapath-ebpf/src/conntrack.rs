@@ -6,14 +6,15 @@
 //! Expiry: an entry idle for longer than its timeout (`Config.ct_*_s`, by protocol and TCP
 //! state) is treated as absent by `lookup_live` and overwritten when its tuple is used again;
 //! deleting it is the agent's GC's job, never the datapath's. Both halves of a flow share one
-//! idle clock (`touch` refreshes both), so neither half expires while the other is in use.
+//! idle clock (`touch` refreshes both, at most a sixteenth of the timeout apart: `needs_sync`),
+//! so neither half expires while the other is in use.
 //!
 //! Every half this module creates (not overwrites) is counted in `CNT_CT_CREATED`; with the
 //! agent's `CNT_CT_REMOVED` and the current size that gives the LRU evictions.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
 };
 use datapath_common::{
     config::Config,
@@ -69,17 +70,18 @@ pub fn lookup_live(key: &CtKey, cfg: &Config, now: u64) -> Option<*mut CtEntry> 
     }
 }
 
-/// Writes `e` at `key` (over whatever is there), counting it when the key was free.
+/// Writes `e` at `key` (over whatever is there), counting it when the key was free. Tried
+/// with `BPF_NOEXIST` first: for a new flow (the usual case) that is one map operation, and
+/// its failure tells an occupied key without a lookup.
 #[inline(always)]
 fn put(key: &CtKey, e: &CtEntry) -> Result<(), DropReason> {
-    let fresh = lookup(key).is_none();
+    if TG_CT.insert(key, e, u64::from(BPF_NOEXIST)).is_ok() {
+        verdict::count(CNT_CT_CREATED);
+        return Ok(());
+    }
     TG_CT
         .insert(key, e, u64::from(BPF_ANY))
-        .map_err(|_| DropReason::Internal)?;
-    if fresh {
-        verdict::count(CNT_CT_CREATED);
-    }
-    Ok(())
+        .map_err(|_| DropReason::Internal)
 }
 
 /// Takes `key` for `e` if no live entry holds it: the collision-free step of port allocation.
@@ -100,12 +102,14 @@ pub fn claim(key: &CtKey, e: &CtEntry, cfg: &Config, now: u64) -> bool {
     }
 }
 
-/// Timestamps use `bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC: the agent must compare them with
-/// `clock_gettime(CLOCK_MONOTONIC)`.
+/// Timestamps use `bpf_ktime_get_coarse_ns`, i.e. CLOCK_MONOTONIC_COARSE: the agent compares
+/// them with `clock_gettime(CLOCK_MONOTONIC)`, which runs at most a tick ahead; idle timeouts
+/// are seconds. The coarse clock is read without touching the TSC, which is much cheaper per
+/// packet in a VM.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments or side effects.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The other half of a flow. Its key is the tuple after `e` rewrote the packet, reversed; it
@@ -262,19 +266,39 @@ pub fn create_claimed(
     Ok((this, other))
 }
 
-/// Accounts one packet of `len` bytes on `e` and refreshes both halves' idle clock; a packet
-/// through the reply half marks the flow answered (`CT_SEEN_REPLY`: TCP leaves the SYN
-/// timeout), a TCP FIN/RST marks both halves closing so they are retired early.
+/// Whether a packet hitting live entry `e` must also sync the flow's other half (look it up,
+/// recreating it if it was lost, and refresh it): when it changes the flow's state (first
+/// reply, FIN/RST), or when `e`'s idle clock is older than a sixteenth of its timeout (at most
+/// 1 s). In between, only `e`'s counters move: the other half's lookup is most of the cost of
+/// an established packet, and idle clocks never need to be finer than that (timeouts are
+/// seconds; both halves are refreshed together, so neither expires while the flow is used).
 #[inline(always)]
-pub fn touch(e: *mut CtEntry, other: *mut CtEntry, pkt: &Packet, len: u32, now: u64) {
+pub fn needs_sync(e: *mut CtEntry, pkt: &Packet, cfg: &Config, now: u64) -> bool {
+    // SAFETY: `e` came from a lookup in this program run; plain reads.
+    let (flags, last) = unsafe { ((*e).flags, (*e).last_seen_ns) };
+    let refresh = (timeout_ns(flags, pkt.proto, cfg) / 16).min(1_000_000_000);
+    pkt.closes_flow()
+        || (flags & CT_REPLY != 0 && flags & CT_SEEN_REPLY == 0)
+        || now.saturating_sub(last) >= refresh
+}
+
+/// Accounts one packet of `len` bytes on `e`. With the other half (`needs_sync` said so, or
+/// the flow is new), also refreshes both halves' idle clock; a packet through the reply half
+/// marks the flow answered (`CT_SEEN_REPLY`: TCP leaves the SYN timeout), a TCP FIN/RST
+/// marks both halves closing so they are retired early.
+#[inline(always)]
+pub fn touch(e: *mut CtEntry, other: Option<*mut CtEntry>, pkt: &Packet, len: u32, now: u64) {
     // SAFETY: both pointers come from lookups in this program run. Plain read-modify-writes:
     // the bpfel target has no Rust atomic RMW, and a flow's packets in one direction mostly
     // stay on one CPU (RSS/RPS hash by flow), so a lost update is rare and only skews stats.
     unsafe {
-        (*e).last_seen_ns = now;
-        (*other).last_seen_ns = now;
         (*e).packets = (*e).packets.wrapping_add(1);
         (*e).bytes = (*e).bytes.wrapping_add(u64::from(len));
+        let Some(other) = other else {
+            return;
+        };
+        (*e).last_seen_ns = now;
+        (*other).last_seen_ns = now;
         if (*e).flags & CT_REPLY != 0 && (*e).flags & CT_SEEN_REPLY == 0 {
             (*e).flags |= CT_SEEN_REPLY;
             (*other).flags |= CT_SEEN_REPLY;

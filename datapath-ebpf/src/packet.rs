@@ -4,7 +4,7 @@
 //! Anything that does not parse is a `Skip`: the hook passes it untouched.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{conntrack::CtKey, proto};
+use datapath_common::{conntrack::CtKey, drop::DropReason, proto};
 
 use crate::verdict::Skip;
 
@@ -289,6 +289,19 @@ impl Packet {
     pub fn closes_flow(&self) -> bool {
         self.proto == proto::TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
+}
+
+/// The IPv4 header checksum as it is in the packet now (raw bytes, native load: the
+/// one's-complement updates in `datapath_common::csum` give the same result on raw values as
+/// long as every word is loaded the same way).
+#[inline(always)]
+pub fn ip_check(ctx: &TcContext) -> Result<u16, DropReason> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + IP_CSUM_OFF + 2 <= end {
+        // SAFETY: the two bytes lie inside the linear data (checked above).
+        return Ok(unsafe { core::ptr::read_unaligned((data + IP_CSUM_OFF) as *const u16) });
+    }
+    ctx.load(IP_CSUM_OFF).map_err(|_| DropReason::Internal)
 }
 
 /// The IPv4 header of the frame, or `None` if it is not IPv4 (anti-spoofing runs on every

@@ -17,6 +17,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use datapath_common::{
+    csum,
     drop::DropReason,
     endpoint::{Endpoint, EpL2},
     stats::{CNT_REDIRECT_FALLBACK, CNT_REDIRECT_NEIGH, CNT_REDIRECT_PEER},
@@ -24,7 +25,7 @@ use datapath_common::{
 
 use crate::{
     maps::TG_EP_L2,
-    packet::{Packet, IP_CSUM_OFF, IP_TTL_OFF},
+    packet::{self, Packet, IP_TTL_OFF},
     ratelimit::{self, Way},
     verdict::{self, Dir},
 };
@@ -229,13 +230,13 @@ pub fn fib_egress(ctx: &TcContext, pkt: &Packet) -> Option<u32> {
     }
 }
 
-/// TTL - 1 with the IPv4 checksum fixed (TTL shares a 16-bit checksum word with the protocol).
+/// TTL - 1 with the IPv4 checksum fixed (TTL shares a 16-bit checksum word with the
+/// protocol): the checksum is updated here and written with TTL and protocol in one store.
 #[inline(always)]
 fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), DropReason> {
     let old = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
     let new = u16::from_ne_bytes([pkt.ttl - 1, pkt.proto]);
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 2)
-        .map_err(|_| DropReason::Internal)?;
-    ctx.store(IP_TTL_OFF, &(pkt.ttl - 1), 0)
+    let c = csum::update16(packet::ip_check(ctx)?, old, new).to_ne_bytes();
+    ctx.store(IP_TTL_OFF, &[pkt.ttl - 1, pkt.proto, c[0], c[1]], 0)
         .map_err(|_| DropReason::Internal)
 }

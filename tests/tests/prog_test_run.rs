@@ -1945,7 +1945,16 @@ fn per_packet_cost() -> anyhow::Result<()> {
     let inbound = Frame::tcp(CLIENT, 40000, HOST, 8080, TCP_ACK).build();
     let reply = Frame::tcp(C1, 80, CLIENT, 40000, TCP_ACK).build();
     let new_syn = |i: u32| Frame::tcp(CLIENT, 1024 + (i % 60000) as u16, HOST, 8080, TCP_SYN);
+    let arp = Frame {
+        ethertype: ETH_P_ARP,
+        ..Frame::udp(CLIENT, 1, HOST, 2)
+    }
+    .build();
     let rows = [
+        (
+            "not IPv4 (ARP), passed untouched: the floor",
+            mean_ns("from_uplink", "tgt0", &|_| arp.clone())?,
+        ),
         (
             "port map, established, inbound",
             mean_ns("from_uplink", "tgt0", &|_| inbound.clone())?,

@@ -56,7 +56,7 @@ use crate::{
 
 /// A flow's two conntrack halves (the one this packet hit first) and the counter its packets
 /// bump, if any.
-type Hit = (*mut CtEntry, *mut CtEntry, Option<u32>);
+type Hit = (*mut CtEntry, Option<*mut CtEntry>, Option<u32>);
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
@@ -97,7 +97,13 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
         Some(e) if usable(e, &pkt) => {
             let counter = hit_counter(conntrack::flags(e));
-            (e, conntrack::ensure_reverse(&key, e)?, counter)
+            // Established: the other half is looked up only when the flow needs it.
+            let other = if conntrack::needs_sync(e, &pkt, &cfg, now) {
+                Some(conntrack::ensure_reverse(&key, e)?)
+            } else {
+                None
+            };
+            (e, other, counter)
         }
         // The original half of an uplink flow: only a packet spoofing the client matches it.
         Some(e) if conntrack::flags(e) & (CT_REPLY | CT_HAIRPIN | CT_DNAT) == CT_DNAT => {
@@ -186,7 +192,7 @@ fn new_flow(
     if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
         policy::egress(ep, pkt.daddr, pkt.proto, pkt.dport)?;
         let (e, other) = new_hairpin(ctx, pkt, key, &pm, now)?;
-        return Ok((e, other, Some(CNT_DNAT_HAIRPIN)));
+        return Ok((e, Some(other), Some(CNT_DNAT_HAIRPIN)));
     }
     policy::new_flow(ep, peer.as_ref(), cfg, pkt.daddr, pkt.proto, pkt.dport)?;
     if peer.is_none() && snat::masquerades(ctx, pkt, cfg) {
@@ -203,7 +209,7 @@ fn new_flow(
             u16::from_be(pkt.dport),
             u16::from_be(port)
         );
-        return Ok((e, other, Some(CNT_SNAT)));
+        return Ok((e, Some(other), Some(CNT_SNAT)));
     }
     let (e, other) = conntrack::create_plain(key, ep.id, now)?;
     debug!(
@@ -214,7 +220,7 @@ fn new_flow(
         pkt.daddr.to_ne_bytes(),
         u16::from_be(pkt.dport)
     );
-    Ok((e, other, None))
+    Ok((e, Some(other), None))
 }
 
 /// A protocol conntrack does not track (module docs): judged as a new flow every time, by

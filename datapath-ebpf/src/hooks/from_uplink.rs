@@ -51,7 +51,13 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         Some(e) if usable(e, &pkt) => {
             *owner = conntrack::endpoint_id(e);
             let counter = hit_counter(conntrack::flags(e));
-            (e, conntrack::ensure_reverse(&key, e)?, counter)
+            // Established: the other half is looked up only when the flow needs it.
+            let other = if conntrack::needs_sync(e, &pkt, &cfg, now) {
+                Some(conntrack::ensure_reverse(&key, e)?)
+            } else {
+                None
+            };
+            (e, other, counter)
         }
         // A tuple that hits a port map's reply half, a hairpin entry or a masqueraded flow's
         // original half came in with a container's source address: not ours to touch.
@@ -116,7 +122,7 @@ fn new_flow(
     key: &CtKey,
     now: u64,
     owner: &mut u32,
-) -> Result<(*mut CtEntry, *mut CtEntry, Option<u32>), Stop> {
+) -> Result<(*mut CtEntry, Option<*mut CtEntry>, Option<u32>), Stop> {
     if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
         *owner = pm.endpoint_id;
         let e = dnat::flow_entry(&pm, 0, now);
@@ -129,7 +135,7 @@ fn new_flow(
             pm.container_ip.to_ne_bytes(),
             u16::from_be(pm.container_port)
         );
-        return Ok((e, other, Some(CNT_DNAT_UPLINK)));
+        return Ok((e, Some(other), Some(CNT_DNAT_UPLINK)));
     }
     routed(ctx, pkt, key, now, owner)
 }
@@ -143,7 +149,7 @@ fn routed(
     key: &CtKey,
     now: u64,
     owner: &mut u32,
-) -> Result<(*mut CtEntry, *mut CtEntry, Option<u32>), Stop> {
+) -> Result<(*mut CtEntry, Option<*mut CtEntry>, Option<u32>), Stop> {
     if !pkt.opens_flow() {
         return Err(Skip::NotOurs.into());
     }
@@ -158,5 +164,5 @@ fn routed(
         pkt.daddr.to_ne_bytes(),
         u16::from_be(pkt.dport)
     );
-    Ok((e, other, None))
+    Ok((e, Some(other), None))
 }
