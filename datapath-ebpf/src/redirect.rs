@@ -9,8 +9,8 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK,
-        TC_ACT_REDIRECT,
+        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK, TC_ACT_REDIRECT,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
@@ -52,29 +52,73 @@ pub fn back_to_container(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReaso
 
 /// Forwards a reply whose source is now a node address the way the stack would, minus its
 /// martian check: route lookup in the node's FIB (as if received on this interface, so the
-/// forwarding sysctl and policy routing apply), TTL decrement, then `bpf_redirect_neigh`, which
-/// resolves the next hop's MAC (queueing while ARP runs) and fills the Ethernet header.
-/// When the FIB gives no forwarding route (unreachable, local, forwarding off) or the TTL is
-/// spent, the packet goes to the stack (TC_ACT_OK) to be handled, or dropped, as it decides.
+/// forwarding sysctl and policy routing apply), TTL decrement, then out of the route's device.
+/// With the next hop's MAC known to the FIB the frame is addressed here and `bpf_redirect`ed
+/// (straight to the device's transmit); while the neighbour is unresolved,
+/// `bpf_redirect_neigh` is given the FIB's next hop, so the kernel resolves the MAC (queueing
+/// while ARP runs) without routing the packet a second time. When the FIB gives no forwarding
+/// route (unreachable, local, forwarding off) or the TTL is spent, the packet goes to the
+/// stack (TC_ACT_OK) to be handled, or dropped, as it decides.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
-    let Some(ifindex) = fib_egress(ctx, pkt) else {
-        verdict::count(CNT_REDIRECT_FALLBACK);
-        return Ok(TC_ACT_OK);
-    };
-    if pkt.ttl <= 1 {
+    let mut p = fib_params(ctx, pkt);
+    // SAFETY: `p` is a properly sized, initialized parameter block on our stack.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let resolved = rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS);
+    if !(resolved || rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)) || pkt.ttl <= 1 {
         verdict::count(CNT_REDIRECT_FALLBACK);
         return Ok(TC_ACT_OK);
     }
     decrement_ttl(ctx, pkt)?;
-    // SAFETY: plain helper call; no next-hop parameters, so the kernel looks the neighbour up.
-    let action = unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) };
+    let action = if resolved {
+        ctx.store(0, &mac_block(&p.dmac, &p.smac), 0)
+            .map_err(|_| DropReason::Internal)?;
+        // SAFETY: plain helper call; flags 0 = egress of the route's device.
+        unsafe { bpf_redirect(p.ifindex, 0) }
+    } else {
+        // On NO_NEIGH the FIB has filled in the egress device and the next hop (the
+        // gateway, or the destination itself when on-link).
+        let mut nh = bpf_redir_neigh {
+            nh_family: u32::from(AF_INET),
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                // SAFETY: the FIB wrote the IPv4 member.
+                ipv4_nh: unsafe { p.__bindgen_anon_4.ipv4_dst },
+            },
+        };
+        // SAFETY: plain helper call with a properly sized next-hop block on our stack.
+        unsafe {
+            bpf_redirect_neigh(
+                p.ifindex,
+                &mut nh,
+                size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        }
+    };
     if action == i64::from(TC_ACT_REDIRECT) {
         verdict::count(CNT_REDIRECT_NEIGH);
         Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::Internal)
     }
+}
+
+/// FIB lookup parameters for the packet as it is now, as received on this interface.
+/// `tot_len` stays 0: no MTU check, which would refuse GRO/GSO super-packets that the egress
+/// device segments anyway.
+#[inline(always)]
+fn fib_params(ctx: &TcContext, pkt: &Packet) -> bpf_fib_lookup {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport;
+    p.dport = pkt.dport;
+    // SAFETY: `ifindex` (the receiving interface) is readable in TC programs.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    p.__bindgen_anon_3.ipv4_src = pkt.saddr;
+    p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
+    p
 }
 
 /// Inbound fast path into container `ep`: the frame is addressed to the container and handed
@@ -127,16 +171,7 @@ fn learned_l2(ep: &Endpoint) -> Option<[u8; 12]> {
 /// neighbour is resolved.
 #[inline(always)]
 fn fib_l2(ctx: &TcContext, pkt: &Packet, ep: &Endpoint) -> Option<[u8; 12]> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = pkt.proto;
-    p.sport = pkt.sport;
-    p.dport = pkt.dport;
-    // SAFETY: `ifindex` (the receiving interface) is readable in TC programs.
-    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    p.__bindgen_anon_3.ipv4_src = pkt.saddr;
-    p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
+    let mut p = fib_params(ctx, pkt);
     // SAFETY: `p` is a properly sized, initialized parameter block on our stack.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || p.ifindex != ep.host_ifindex {
@@ -201,19 +236,8 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 /// Egress ifindex of the route to the packet's destination, or `None`.
 #[inline(always)]
 pub fn fib_egress(ctx: &TcContext, pkt: &Packet) -> Option<u32> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = pkt.proto;
-    p.sport = pkt.sport;
-    p.dport = pkt.dport;
-    // tot_len stays 0: no MTU check, which would refuse GRO/GSO super-packets that the egress
-    // device segments anyway.
-    // SAFETY: `ifindex` (the receiving interface) is readable in TC programs.
-    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    p.__bindgen_anon_3.ipv4_src = pkt.saddr;
-    p.__bindgen_anon_4.ipv4_dst = pkt.daddr;
-    // SKIP_NEIGH: only the route is wanted; bpf_redirect_neigh resolves the neighbour.
+    let mut p = fib_params(ctx, pkt);
+    // SKIP_NEIGH: only the route is wanted here.
     // SAFETY: `p` is a properly sized, initialized parameter block on our stack.
     let rc = unsafe {
         fib_lookup(
