@@ -86,14 +86,7 @@ pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
             },
         };
         // SAFETY: plain helper call with a properly sized next-hop block on our stack.
-        unsafe {
-            bpf_redirect_neigh(
-                p.ifindex,
-                &mut nh,
-                size_of::<bpf_redir_neigh>() as i32,
-                0,
-            )
-        }
+        unsafe { bpf_redirect_neigh(p.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
     };
     if action == i64::from(TC_ACT_REDIRECT) {
         verdict::count(CNT_REDIRECT_NEIGH);

@@ -457,6 +457,30 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             false,
             all,
         );
+        define(
+            &mut report,
+            Workload::Rr,
+            "rr_pin_tps",
+            "1-byte request/response, client and server pinned to one CPU",
+            "transactions/s",
+            true,
+            all,
+        );
+        define(
+            &mut report,
+            Workload::Rr,
+            "rr_pin_p50",
+            "request/response latency p50, pinned to one CPU",
+            "µs",
+            false,
+            all,
+        );
+        report.metric_mut("rr_pin_tps").note = Some(
+            "both ends on the last CPU (`taskset`), so a transaction is pure CPU work on one \
+             core: the two packets' paths through the node plus the two sockets, without the \
+             cross-CPU wake-ups that dominate (and scatter) the unpinned figures in a VM"
+                .into(),
+        );
     }
     if want(Workload::Crr) {
         for &n in &plan.scales {
@@ -476,6 +500,18 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 all,
             );
             report.metric_mut(&id).scale = Some(n);
+            define(
+                &mut report,
+                Workload::Crr,
+                format!("crr_cpu_{n}"),
+                format!(
+                    "CPU busy per 1k connections at full rate, {} port {maps}",
+                    report::int(n)
+                ),
+                "CPU-ms/1k conn",
+                false,
+                all,
+            );
         }
     }
     if want(Workload::Cpu) {
@@ -742,6 +778,14 @@ fn run_workloads(
                 ("rr_p99".into(), r.p99_us),
             ])
         })?;
+        let ids = ["rr_pin_tps", "rr_pin_p50"];
+        interleave(report, boxes, plan.reps, &ids, "rr pinned", |sb| {
+            let r = workloads::load_pinned(sb, "rr", plan.rr_secs)?;
+            Ok(vec![
+                ("rr_pin_tps".into(), r.per_sec()),
+                ("rr_pin_p50".into(), r.p50_us),
+            ])
+        })?;
     }
     if want(Workload::Crr) {
         for &n in &plan.scales {
@@ -760,11 +804,14 @@ fn run_workloads(
                 }
             }
             let threads = plan.crr_threads;
-            interleave(report, boxes, plan.reps, &[&id], &id, |sb| {
+            let cpu_id = format!("crr_cpu_{n}");
+            interleave(report, boxes, plan.reps, &[&id, &cpu_id], &id, |sb| {
                 if sb.extra != n - 1 {
                     bail!("the {n} port maps are not installed");
                 }
+                let snap = workloads::CpuSnap::now()?;
                 let r = workloads::load(sb, "crr", plan.crr_secs, threads, 0)?;
+                let (_, busy) = snap.since()?;
                 if r.errors * 100 > r.transactions {
                     bail!(
                         "{} of {} connections failed",
@@ -772,7 +819,11 @@ fn run_workloads(
                         r.errors + r.transactions
                     );
                 }
-                Ok(vec![(id.clone(), r.per_sec())])
+                let k = r.transactions as f64 / 1000.0;
+                Ok(vec![
+                    (id.clone(), r.per_sec()),
+                    (cpu_id.clone(), busy * 1000.0 / k),
+                ])
             })?;
         }
         for sb in boxes.iter_mut() {

@@ -500,6 +500,11 @@ impl Sandbox {
         }
     }
 
+    /// PID of the container's `bench-echo` (`ip netns exec` execs it, so the child is it).
+    pub fn echo_pid(&self) -> Option<u32> {
+        self.servers.get(1).map(Child::id)
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
     }

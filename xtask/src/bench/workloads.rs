@@ -171,6 +171,29 @@ pub fn load(sb: &Sandbox, kind: &str, secs: f64, threads: usize, rate: u64) -> R
     Ok(r)
 }
 
+/// `load` with the load generator and the container's echo server (all its threads) pinned to
+/// the last CPU; the server's affinity is restored afterwards.
+pub fn load_pinned(sb: &Sandbox, kind: &str, secs: f64) -> Result<LoadResult> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (one, all) = ((cpus - 1).to_string(), format!("0-{}", cpus - 1));
+    let echo = sb.echo_pid().context("no echo server")?.to_string();
+    sh(Command::new("taskset").args(["-a", "-p", "-c", &one, &echo]))?;
+    let t = sb.target(ECHO_PORT);
+    let mut cmd = in_ns(&sb.client, "taskset");
+    cmd.args(["-c", &one])
+        .arg(self_exe())
+        .args(["bench-load", "--kind", kind, "--target", &t.to_string()])
+        .args(["--secs", &format!("{secs}")]);
+    let out = run_timeout(&mut cmd, Duration::from_secs_f64(secs + 20.0));
+    let restored = sh(Command::new("taskset").args(["-a", "-p", "-c", &all, &echo]));
+    let r = LoadResult::from_json(&out?)?;
+    restored?;
+    if r.transactions == 0 {
+        bail!("no transaction completed ({} errors)", r.errors);
+    }
+    Ok(r)
+}
+
 /// `VmRSS` of a process, bytes.
 pub fn rss(pid: u32) -> Result<f64> {
     proc_kb(&format!("/proc/{pid}/status"), "VmRSS:")
