@@ -28,14 +28,17 @@ pub struct Endpoint {
     pub _pad: u32,
 }
 
-/// Value of `TG_EP_L2` (an array by endpoint id): the Ethernet addresses of a container's
-/// veth pair, as `from_container` sees them on the frames the container sends (source: its
-/// `eth0`; destination: the host veth, its gateway). The inbound fast path addresses frames
-/// with them instead of a FIB lookup. Valid only while `host_ifindex` equals the endpoint's:
-/// a new container reusing the id starts with a stale slot, which that check ignores.
+/// Value of `TG_EP_L2` (an array by endpoint id): the Ethernet addresses frames into a
+/// container carry (its `eth0` as destination, the host veth as source), as the node's FIB and
+/// neighbour table gave them at `checked_ns`. The inbound fast path reuses them for a second
+/// before asking the FIB again, so it is never more than that behind the neighbour table.
+/// Valid only while `host_ifindex` equals the endpoint's: a new container reusing the id starts
+/// with a stale slot, which that check ignores.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpL2 {
+    /// Coarse monotonic time of the FIB lookup, ns.
+    pub checked_ns: u64,
     pub host_ifindex: u32,
     /// The container's `eth0`.
     pub mac: [u8; 6],
@@ -121,7 +124,7 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(size_of::<super::Endpoint>(), 24);
-        assert_eq!(size_of::<super::EpL2>(), 16);
+        assert_eq!(size_of::<super::EpL2>(), 24);
         assert_eq!(size_of::<super::LinkKey>(), 8);
         assert_eq!(size_of::<super::PolicyKey>(), 8);
         assert_eq!(size_of::<super::PolicyRule>(), 8);

@@ -28,7 +28,7 @@ pub const SOCK_REVNAT: &str = "TG_SOCK_RNAT";
 pub const CONFIG: &str = "TG_CONFIG";
 /// Per-CPU datapath counters indexed by `stats::Counter`.
 pub const COUNTERS: &str = "TG_COUNTERS";
-/// MAC addresses of each container's veth pair, learned by the datapath (`EpL2`).
+/// MAC addresses of each container's veth pair, cached from the FIB by the datapath (`EpL2`).
 pub const EP_L2: &str = "TG_EP_L2";
 
 pub const PORTMAP_MAX: u32 = 131_072;

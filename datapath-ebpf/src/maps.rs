@@ -77,8 +77,8 @@ pub static TG_CT: LruHashMap<CtKey, CtEntry, { CONNTRACK_MAX_DEFAULT as usize }>
 pub static TG_SOCK_RNAT: LruHashMap<SockRevKey, SockRevValue, { SOCK_REVNAT_MAX as usize }> =
     LruHashMap::new();
 
-/// Learned MACs of each container's veth pair, by endpoint id. `from_container` writes when
-/// they change; `from_uplink`'s fast path reads. Nobody else: a stale slot is ignored by its
+/// MACs of each container's veth pair by endpoint id, cached from the FIB for a second.
+/// `from_uplink`'s fast path reads and writes it; nobody else: a stale slot is ignored by its
 /// ifindex check, and a missing one only means the FIB lookup is not skipped.
 #[btf_map]
 pub static TG_EP_L2: Array<EpL2, { ENDPOINTS_MAX as usize }> = Array::new();

@@ -116,19 +116,22 @@ fn fib_params(ctx: &TcContext, pkt: &Packet) -> bpf_fib_lookup {
 
 /// Inbound fast path into container `ep`: the frame is addressed to the container and handed
 /// straight to the ingress of its `eth0` with `bpf_redirect_peer`, which skips the node's IP
-/// stack and the veth's transmit and backlog hop. The addresses come from `TG_EP_L2` (what the
-/// container's own frames showed), so no FIB lookup is needed: the container sits right behind
-/// its veth by construction. Until the container has sent a frame (or after its veth changed)
-/// the FIB gives them, provided it routes to that veth with the neighbour resolved. That also
-/// skips the host veth's egress hook, so what `to_container` does (rx counters, ingress limit)
-/// is done here. Anything else (neighbour not resolved yet, route elsewhere, TTL spent) takes
-/// `forward`.
+/// stack and the veth's transmit and backlog hop. The MACs come from the FIB (route to the
+/// container's veth, neighbour resolved), cached per container for a second in `TG_EP_L2`, so
+/// most packets skip the lookup. That also skips the host veth's egress hook, so what
+/// `to_container` does (rx counters, ingress limit) is done here. Anything else (neighbour not
+/// resolved yet, route elsewhere, TTL spent) takes `forward`.
 #[inline(always)]
-pub fn into_container(ctx: &TcContext, pkt: &Packet, ep: &Endpoint) -> Result<i32, DropReason> {
+pub fn into_container(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ep: &Endpoint,
+    now: u64,
+) -> Result<i32, DropReason> {
     if pkt.ttl <= 1 {
         return forward(ctx, pkt);
     }
-    let Some(macs) = learned_l2(ep).or_else(|| fib_l2(ctx, pkt, ep)) else {
+    let Some(macs) = cached_l2(ep, now).or_else(|| fib_l2(ctx, pkt, ep, now)) else {
         return forward(ctx, pkt);
     };
     verdict::count_ep(ep.id, Dir::Rx, ctx.len());
@@ -147,28 +150,43 @@ pub fn into_container(ctx: &TcContext, pkt: &Packet, ep: &Endpoint) -> Result<i3
     }
 }
 
-/// Destination and source MAC (one 12-byte Ethernet address block) of frames into `ep`, as
-/// learned from the container's own frames, if still valid for its veth.
+/// How long a FIB answer about a container's MACs is reused.
+const L2_CACHE_NS: u64 = 1_000_000_000;
+
+/// Destination and source MAC (one 12-byte Ethernet address block) of frames into `ep`, if
+/// the FIB gave them less than `L2_CACHE_NS` ago for its current veth.
 #[inline(always)]
-fn learned_l2(ep: &Endpoint) -> Option<[u8; 12]> {
+fn cached_l2(ep: &Endpoint, now: u64) -> Option<[u8; 12]> {
     let l2 = TG_EP_L2.get_ptr(ep.id)?;
     // SAFETY: pointer into a preallocated array element; copied out at once.
     let l2: EpL2 = unsafe { *l2 };
-    if l2.host_ifindex != ep.host_ifindex || l2.host_ifindex == 0 {
+    if l2.host_ifindex != ep.host_ifindex || now.saturating_sub(l2.checked_ns) >= L2_CACHE_NS {
         return None;
     }
     Some(mac_block(&l2.mac, &l2.host_mac))
 }
 
-/// The same from a FIB lookup: only when the route to the container is its veth and the
-/// neighbour is resolved.
+/// The same from a FIB lookup (cached for the next packets): only when the route to the
+/// container is its veth and the neighbour is resolved. Two CPUs refreshing the slot at once
+/// may interleave their writes of the same answer.
 #[inline(always)]
-fn fib_l2(ctx: &TcContext, pkt: &Packet, ep: &Endpoint) -> Option<[u8; 12]> {
+fn fib_l2(ctx: &TcContext, pkt: &Packet, ep: &Endpoint, now: u64) -> Option<[u8; 12]> {
     let mut p = fib_params(ctx, pkt);
     // SAFETY: `p` is a properly sized, initialized parameter block on our stack.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || p.ifindex != ep.host_ifindex {
         return None;
+    }
+    if let Some(slot) = TG_EP_L2.get_ptr_mut(ep.id) {
+        // SAFETY: pointer into a preallocated array element of this map.
+        unsafe {
+            *slot = EpL2 {
+                checked_ns: now,
+                host_ifindex: ep.host_ifindex,
+                mac: p.dmac,
+                host_mac: p.smac,
+            };
+        }
     }
     Some(mac_block(&p.dmac, &p.smac))
 }
@@ -179,51 +197,6 @@ fn mac_block(dst: &[u8; 6], src: &[u8; 6]) -> [u8; 12] {
         dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], src[0], src[1], src[2], src[3], src[4],
         src[5],
     ]
-}
-
-/// Records the Ethernet addresses of a frame container `ep` sent (after its source IP was
-/// checked) in `TG_EP_L2`, when they differ from what is there. Only unicast frames teach:
-/// their destination is the host veth. Two CPUs learning a change at once may interleave
-/// their writes; the next frame rewrites the slot.
-#[inline(always)]
-pub fn learn_l2(ctx: &TcContext, ep: &Endpoint) {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + 12 > end {
-        return;
-    }
-    // SAFETY: the 12 bytes read lie inside the packet (checked just above).
-    let (dst, src): ([u8; 6], [u8; 6]) = unsafe {
-        (
-            core::ptr::read_unaligned(data as *const [u8; 6]),
-            core::ptr::read_unaligned((data + 6) as *const [u8; 6]),
-        )
-    };
-    if dst[0] & 1 != 0 {
-        return;
-    }
-    let Some(slot) = TG_EP_L2.get_ptr_mut(ep.id) else {
-        return;
-    };
-    // SAFETY: pointer into a preallocated array element of this map.
-    unsafe {
-        if (*slot).host_ifindex != ep.host_ifindex
-            || !same_mac(&(*slot).mac, &src)
-            || !same_mac(&(*slot).host_mac, &dst)
-        {
-            *slot = EpL2 {
-                host_ifindex: ep.host_ifindex,
-                mac: src,
-                host_mac: dst,
-            };
-        }
-    }
-}
-
-/// Byte-wise, so no `bcmp` call is emitted.
-#[inline(always)]
-fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])
-        == 0
 }
 
 /// Egress ifindex of the route to the packet's destination, or `None`.

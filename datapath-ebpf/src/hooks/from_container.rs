@@ -80,7 +80,6 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
         Some(ip) if ip.saddr != ep.ip => return Err(DropReason::Spoof.into()),
         Some(ip) => ip,
     };
-    redirect::learn_l2(ctx, ep);
     let cfg = config::get();
     let mut pkt = match Packet::parse(ctx) {
         Ok(pkt) => pkt,

@@ -79,7 +79,7 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         // node's IP input, netfilter and forwarding. Without a forwarding route it falls back
         // to the stack.
         return Ok(match policy::endpoint(pkt.daddr) {
-            Some(ep) => redirect::into_container(ctx, &pkt, &ep)?,
+            Some(ep) => redirect::into_container(ctx, &pkt, &ep, now)?,
             None => redirect::forward(ctx, &pkt)?,
         });
     }
