@@ -29,9 +29,22 @@ use datapath_common::{
 use crate::{
     config,
     maps::TG_CT,
+    mem,
     packet::{Packet, ICMP_ECHO_REPLY},
     verdict,
 };
+
+/// A conntrack key (padding zeroed without a `memset`: see `mem`).
+#[inline(always)]
+pub fn make_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+    let mut k: CtKey = mem::zeroed();
+    k.saddr = saddr;
+    k.daddr = daddr;
+    k.sport = sport;
+    k.dport = dport;
+    k.proto = proto;
+    k
+}
 
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
@@ -129,14 +142,7 @@ pub fn reverse(key: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
     };
     // ICMP echo keys like TCP/UDP: the requester's end carries the identifier, the other end
     // 0 (`Packet`), so swapping the ends is the reply direction's key too.
-    let rkey = CtKey {
-        saddr: new_daddr,
-        daddr: new_saddr,
-        sport: new_dport,
-        dport: new_sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let rkey = make_key(new_daddr, new_saddr, new_dport, new_sport, key.proto);
     let mut flags = (e.flags & !(CT_SNAT | CT_DNAT)) ^ CT_REPLY;
     let mut r = CtEntry {
         endpoint_id: e.endpoint_id,

@@ -24,6 +24,7 @@ mod config;
 mod conntrack;
 mod hooks;
 mod maps;
+mod mem;
 mod nat;
 mod packet;
 mod policy;

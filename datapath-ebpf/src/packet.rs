@@ -232,14 +232,7 @@ impl Packet {
     /// The conntrack key of the packet as it is now.
     #[inline(always)]
     pub fn ct_key(&self) -> CtKey {
-        CtKey {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        crate::conntrack::make_key(self.saddr, self.daddr, self.sport, self.dport, self.proto)
     }
 
     /// Offset of the L4 checksum field.
@@ -289,6 +282,22 @@ impl Packet {
     pub fn closes_flow(&self) -> bool {
         self.proto == proto::TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
+}
+
+/// Writes `v` at byte `off` of the frame: straight into the linear data when it lies there,
+/// else with `bpf_skb_store_bytes`. A helper call per header field is most of what a
+/// translated packet costs; a direct write is a bounds check and a few stores. (Direct writes
+/// make the verifier add a prologue that first gives a cloned skb a private header, which
+/// `bpf_skb_store_bytes` would do on its first call anyway.)
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: &T) -> Result<(), DropReason> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + off + size_of::<T>() <= end {
+        // SAFETY: the bytes written lie inside the linear packet data (checked just above).
+        unsafe { core::ptr::write_unaligned((data + off) as *mut T, *v) };
+        return Ok(());
+    }
+    ctx.store(off, v, 0).map_err(|_| DropReason::Internal)
 }
 
 /// The IPv4 header checksum as it is in the packet now (raw bytes, native load: the

@@ -25,6 +25,7 @@ use datapath_common::{
 
 use crate::{
     maps::TG_EP_L2,
+    mem,
     packet::{self, Packet, IP_TTL_OFF},
     ratelimit::{self, Way},
     verdict::{self, Dir},
@@ -71,8 +72,7 @@ pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     }
     decrement_ttl(ctx, pkt)?;
     let action = if resolved {
-        ctx.store(0, &mac_block(&p.dmac, &p.smac), 0)
-            .map_err(|_| DropReason::Internal)?;
+        packet::write(ctx, 0, &mac_block(&p.dmac, &p.smac))?;
         // SAFETY: plain helper call; flags 0 = egress of the route's device.
         unsafe { bpf_redirect(p.ifindex, 0) }
     } else {
@@ -101,8 +101,8 @@ pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
 /// device segments anyway.
 #[inline(always)]
 fn fib_params(ctx: &TcContext, pkt: &Packet) -> bpf_fib_lookup {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    // All-zero is a valid bpf_fib_lookup (plain integers and unions of them).
+    let mut p: bpf_fib_lookup = mem::zeroed();
     p.family = AF_INET;
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
@@ -139,7 +139,7 @@ pub fn into_container(
     // owner), as `to_container` would.
     ratelimit::police(ep.id, Way::Ingress, ctx.len())?;
     decrement_ttl(ctx, pkt)?;
-    ctx.store(0, &macs, 0).map_err(|_| DropReason::Internal)?;
+    packet::write(ctx, 0, &macs)?;
     // SAFETY: plain helper call; `host_ifindex` is the host side of the container's veth pair.
     let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
     if action == i64::from(TC_ACT_REDIRECT) {
@@ -227,6 +227,5 @@ fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), DropReason> {
     let old = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
     let new = u16::from_ne_bytes([pkt.ttl - 1, pkt.proto]);
     let c = csum::update16(packet::ip_check(ctx)?, old, new).to_ne_bytes();
-    ctx.store(IP_TTL_OFF, &[pkt.ttl - 1, pkt.proto, c[0], c[1]], 0)
-        .map_err(|_| DropReason::Internal)
+    packet::write(ctx, IP_TTL_OFF, &[pkt.ttl - 1, pkt.proto, c[0], c[1]])
 }

@@ -115,14 +115,13 @@ pub fn container_error(
 /// The live entry of the quoted packet's flow in the other direction (its reply's tuple).
 #[inline(always)]
 fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<CtEntry, Stop> {
-    let key = CtKey {
-        saddr: inner.daddr,
-        daddr: inner.saddr,
-        sport: inner.dport,
-        dport: inner.sport,
-        proto: inner.proto,
-        _pad: [0; 3],
-    };
+    let key = conntrack::make_key(
+        inner.daddr,
+        inner.saddr,
+        inner.dport,
+        inner.sport,
+        inner.proto,
+    );
     let e = conntrack::lookup_live(&key, cfg, now).ok_or(Skip::NotOurs)?;
     // SAFETY: `e` came from a lookup in this run; copied out at once.
     Ok(unsafe { *e })

@@ -74,14 +74,12 @@ fn rewrite(
         let c = check.to_ne_bytes();
         let (s, d) = (saddr.to_ne_bytes(), daddr.to_ne_bytes());
         let block: [u8; 10] = [c[0], c[1], s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]];
-        ctx.store(IP_CSUM_OFF, &block, 0)
-            .map_err(|_| DropReason::Internal)?;
+        packet::write(ctx, IP_CSUM_OFF, &block)?;
     }
     if old_port != port {
         ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled0 | 2)
             .map_err(|_| DropReason::Internal)?;
-        ctx.store(port_off, &port, 0)
-            .map_err(|_| DropReason::Internal)?;
+        packet::write(ctx, port_off, &port)?;
     }
     match end {
         End::Src => {
