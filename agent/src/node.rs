@@ -123,17 +123,18 @@ impl Node {
             attach.push(json!({"program": name, "where": format!("cgroup {cg}")}));
         }
         let m = &self.dp.maps;
+        let ct_entries = m.conntrack.count()?;
         let maps = json!({
             "TG_PORTMAP": {"entries": m.portmap.keys()?.len(), "max": datapath_common::maps::PORTMAP_MAX},
             "TG_ENDPOINTS": {"entries": m.endpoints.ips()?.len(), "max": datapath_common::maps::ENDPOINTS_MAX},
             "TG_LOCAL_ADDRS": {"entries": m.endpoints.locals()?.len(), "max": datapath_common::maps::LOCAL_ADDRS_MAX},
-            "TG_CT": {"entries": m.conntrack.count(), "max": self.settings.conntrack_max},
+            "TG_CT": {"entries": ct_entries, "max": self.settings.conntrack_max},
             "TG_POLICY": {"entries": m.policy.prefixes()?.len(), "max": datapath_common::maps::POLICY_MAX},
             "TG_LINKS": {"entries": m.policy.links()?.len(), "max": datapath_common::maps::LINKS_MAX},
         });
         let counters = m.stats.counters()?;
         let cnt = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
-        let entries = m.conntrack.count() as u64;
+        let entries = ct_entries as u64;
         let (created, removed) = (cnt(CNT_CT_CREATED), cnt(CNT_CT_REMOVED));
         let named: serde_json::Map<String, Value> = datapath_common::stats::NAMES
             .iter()

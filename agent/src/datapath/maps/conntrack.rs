@@ -3,12 +3,14 @@
 
 use std::net::Ipv4Addr;
 
+use std::os::fd::AsFd;
+
 use anyhow::Result;
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, IterableMap, Map, MapData};
 use datapath_common::conntrack::{CtEntry, CtKey};
 use serde::Serialize;
 
-use super::{ctx, ip_from_net, port_from_net};
+use super::{batch, ctx, ip_from_net, port_from_net};
 
 pub struct ConntrackTable {
     map: HashMap<MapData, CtKey, CtEntry>,
@@ -58,40 +60,32 @@ impl ConntrackTable {
         })
     }
 
-    pub fn list(&self) -> Result<Vec<CtView>> {
-        let mut out = Vec::new();
-        for r in self.map.iter() {
-            match r {
-                Ok((k, v)) => out.push(CtView::new(&k, &v)),
-                // An LRU entry evicted between get_next_key and lookup.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out)
+    /// Every entry, read in batches (see `batch`).
+    fn all(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        ctx(batch::lookup_all(self.map.map().fd().as_fd()), || {
+            "reading TG_CT".into()
+        })
     }
 
-    pub fn count(&self) -> usize {
-        self.map.keys().filter(|k| k.is_ok()).count()
+    pub fn list(&self) -> Result<Vec<CtView>> {
+        Ok(self.all()?.iter().map(|(k, v)| CtView::new(k, v)).collect())
+    }
+
+    pub fn count(&self) -> Result<usize> {
+        Ok(self.all()?.len())
     }
 
     /// Removes every entry for which `pred` holds; returns how many went.
     pub fn remove_where(&mut self, pred: impl Fn(&CtView) -> bool) -> Result<usize> {
-        let mut doomed = Vec::new();
-        for r in self.map.iter() {
-            match r {
-                Ok((k, v)) if pred(&CtView::new(&k, &v)) => doomed.push(k),
-                Ok(_) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let n = doomed.len();
-        for k in doomed {
-            match self.map.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(n)
+        let doomed: Vec<CtKey> = self
+            .all()?
+            .iter()
+            .filter(|(k, v)| pred(&CtView::new(k, v)))
+            .map(|(k, _)| *k)
+            .collect();
+        ctx(
+            batch::delete_all(self.map.map().fd().as_fd(), &doomed),
+            || "deleting from TG_CT".into(),
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! Typed wrappers over the pinned maps, one per map family. All byte-order conversion between
 //! the agent's `Ipv4Addr`/`u16` and the datapath's network-order fields happens here.
 
+mod batch;
 pub mod config;
 pub mod conntrack;
 pub mod endpoints;
