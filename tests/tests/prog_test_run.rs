@@ -726,14 +726,7 @@ fn enter_test_netns() -> anyhow::Result<()> {
         "link set tgh3p up",
         "link set tgh3 up",
     ] {
-        let out = std::process::Command::new("ip")
-            .args(args.split(' '))
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ip {args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ip_cmd(args)?;
     }
     // /proc/sys/net resolves to the opening thread's namespace.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -1758,17 +1751,7 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
     // ---- drops in from_uplink count against the container ----
     // With c1's neighbour entry known the FIB lookup succeeds and a translated packet takes
     // the fast path into c1, which polices c1's ingress bucket; an empty bucket drops it.
-    let out = std::process::Command::new("ip")
-        .args([
-            "neigh",
-            "replace",
-            "10.254.0.2",
-            "lladdr",
-            "02:00:00:00:00:cc",
-        ])
-        .args(["dev", "tgh1", "nud", "permanent"])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "ip neigh: {out:?}");
+    ip_cmd("neigh replace 10.254.0.2 lladdr 02:00:00:00:00:cc dev tgh1 nud permanent")?;
     let mut rl: aya::maps::Array<&mut MapData, RateLimit> =
         aya::maps::Array::try_from(bpf.map_mut(maps::RATELIMIT).unwrap())?;
     rl.set(
@@ -1966,10 +1949,7 @@ fn per_packet_cost() -> anyhow::Result<()> {
         "neigh add 10.254.0.2 lladdr 02:00:00:00:01:02 dev tgh1",
         "neigh add 198.51.100.7 lladdr 02:00:00:00:00:07 dev tgt0",
     ] {
-        let out = std::process::Command::new("ip")
-            .args(args.split(' '))
-            .output()?;
-        anyhow::ensure!(out.status.success(), "ip {args}");
+        ip_cmd(args)?;
     }
     let mut bpf = Ebpf::load(&obj)?;
     fill_maps(&mut bpf)?;
