@@ -570,6 +570,17 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 false,
                 &installers,
             );
+            define(
+                &mut report,
+                Workload::Install,
+                format!("install_{n}_one"),
+                format!(
+                    "publish one more port with {nn} present: tollgate one `port add` (median of 20 CLI calls), iptables its 3 `iptables -A`"
+                ),
+                "ms",
+                false,
+                &installers,
+            );
             if publishing.contains(&Mode::Iptables) {
                 define(
                     &mut report,
@@ -875,6 +886,7 @@ fn run_workloads(
                 format!("install_{n}"),
                 format!("install_{n}_each"),
                 format!("install_{n}_proxy"),
+                format!("install_{n}_one"),
             ];
             let sample = plan.install_sample;
             let what = format!("install {n}");
@@ -901,6 +913,10 @@ fn run_workloads(
                             if let Some(e) = r.per_rule_estimate {
                                 report.record(&ids[1], mode, e);
                                 print!(" {}={e:.2}s", ids[1]);
+                            }
+                            if let Some(ms) = r.one_ms {
+                                report.record(&ids[3], mode, ms);
+                                print!(" {}={ms:.2}ms", ids[3]);
                             }
                             println!();
                         }
