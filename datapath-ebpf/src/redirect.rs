@@ -5,8 +5,6 @@
 //! `fib_validate_source()` refuses any packet arriving with a local address as its source unless
 //! `accept_local` is set on the interface. So such packets leave through a redirect instead.
 
-use core::ptr;
-
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, BPF_FIB_LKUP_RET_NO_NEIGH,
