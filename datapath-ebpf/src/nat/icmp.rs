@@ -28,7 +28,7 @@
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, programs::TcContext};
 use datapath_common::{
     config::Config,
-    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_SNAT},
+    conntrack::{CtEntry, CT_DNAT, CT_HAIRPIN, CT_SNAT},
     csum,
     drop::DropReason,
     proto,
