@@ -11,7 +11,7 @@ use core::mem::{align_of, size_of, MaybeUninit};
 #[inline(always)]
 pub fn zeroed<T: Copy>() -> T {
     const {
-        assert!(align_of::<T>() >= 4 && size_of::<T>() % 4 == 0);
+        assert!(align_of::<T>() >= 4 && size_of::<T>().is_multiple_of(4));
     }
     let mut v = MaybeUninit::<T>::uninit();
     let words = v.as_mut_ptr().cast::<u32>();

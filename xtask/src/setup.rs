@@ -3,8 +3,8 @@
 //! Idempotent and quiet when everything is already in place. Works on a fresh machine as root
 //! with no stdin (CI). Steps:
 //! 1. Debian packages the tests and the demo use (root only).
-//! 2. The nightly toolchain with `rust-src` (the eBPF crate builds with `-Z build-std=core`), and
-//!    clippy + rustfmt on the default toolchain (`cargo xtask test` lints).
+//! 2. The nightly toolchain with `rust-src` (the eBPF crate builds with `-Z build-std=core`) and
+//!    clippy, and clippy + rustfmt on the default toolchain (`cargo xtask test` lints both).
 //! 3. `bpf-linker`, built against nightly's own shared libLLVM (see
 //!    shared/reference/ebpf-toolchain.md); rebuilt when nightly's LLVM changes.
 //! 4. bpffs mounted at /sys/fs/bpf (root only).
@@ -133,6 +133,16 @@ fn toolchains() -> Result<()> {
         "--installed",
     ]))
     .unwrap_or_default();
+    if !has(&nightly, "clippy") {
+        println!("setup: adding clippy to nightly (`cargo xtask test` lints the eBPF crate)");
+        run_cmd(rustup(&[
+            "component",
+            "add",
+            "clippy",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
     if !has(&nightly, "rust-src") {
         println!("setup: adding rust-src to nightly (for -Z build-std=core)");
         run_cmd(&mut rustup(&[

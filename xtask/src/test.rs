@@ -16,7 +16,7 @@ use crate::{bench, build, cargo, display, is_root, run_cmd, setup};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip `cargo fmt --check` and `cargo clippy`.
+    /// Skip `cargo fmt --check` and `cargo clippy` (host crates and datapath-ebpf).
     #[arg(long)]
     pub no_lint: bool,
     /// Skip the privileged integration tests (crate tollgate-tests).
@@ -61,6 +61,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "-D",
             "warnings",
         ]));
+        step(&mut ebpf_clippy());
     }
 
     let bin = build::build(false)?;
@@ -117,4 +118,40 @@ pub fn run(args: &TestArgs) -> Result<()> {
         bail!("{} step(s) failed: {}", failed.len(), failed.join("; "));
     }
     Ok(())
+}
+
+/// `cargo clippy -D warnings` on datapath-ebpf, with the toolchain and target agent/build.rs
+/// builds it with (its own target dir, so the two do not rebuild each other's `core`).
+fn ebpf_clippy() -> std::process::Command {
+    let root = crate::repo_root();
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(root.join("datapath-ebpf"))
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args([
+            "-Z",
+            "build-std=core",
+            "--bin",
+            "datapath",
+            "--ignore-rust-version",
+        ])
+        .arg("--target-dir")
+        .arg(root.join("target").join("ebpf-clippy"))
+        .args(["--", "-D", "warnings"]);
+    // The outer cargo's (stable, host) settings must not leak into the nightly BPF build.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_")
+            || key.starts_with("RUSTC")
+            || key == "RUSTFLAGS"
+            || key == "RUSTUP_TOOLCHAIN"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
 }
