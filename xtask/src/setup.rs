@@ -135,7 +135,7 @@ fn toolchains() -> Result<()> {
     .unwrap_or_default();
     if !has(&nightly, "clippy") {
         println!("setup: adding clippy to nightly (`cargo xtask test` lints the eBPF crate)");
-        run_cmd(rustup(&[
+        run_cmd(&mut rustup(&[
             "component",
             "add",
             "clippy",
