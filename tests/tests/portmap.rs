@@ -576,3 +576,47 @@ fn a_vanished_container_namespace_is_recreated_on_restart() {
         1
     );
 }
+
+/// A container deleted and replaced by another that reuses its id (and its /30) is reached
+/// at once: the fast path's cached MACs of the old veth (`TG_EP_L2`) are never used for the
+/// new one.
+#[test]
+fn a_replacement_container_reusing_the_id_is_reached_at_once() {
+    let sb = sandbox!("pm-reuse");
+    let (old, ns, old_ip) = sb.container("old");
+    let srv = tcp_echo(&ns, 80, "old").unwrap();
+    sb.publish(&old, "8080:80");
+    for _ in 0..3 {
+        let a = tcp_request(&sb.client, sb.uplink_ip, 8080, "x").unwrap();
+        assert!(a.starts_with("old peer="), "{a}");
+    }
+    let fast_before = sb.json(&["status"])["counters"]["redirect_peer"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        fast_before > 0,
+        "the old container was not reached by the fast path"
+    );
+    drop(srv);
+    sb.ok(&["container", "del", &old]);
+
+    let (new, ns, new_ip) = sb.container("new");
+    assert_eq!(
+        new_ip, old_ip,
+        "the replacement reuses the /30 (and the id)"
+    );
+    let _srv = tcp_echo(&ns, 80, "new").unwrap();
+    sb.publish(&new, "8080:80");
+    for _ in 0..3 {
+        let a = tcp_request(&sb.client, sb.uplink_ip, 8080, "y").unwrap();
+        assert!(a.starts_with("new peer="), "{a}");
+        assert_eq!(peer_ip(&a), sb.client_ip);
+    }
+    let fast_after = sb.json(&["status"])["counters"]["redirect_peer"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        fast_after > fast_before,
+        "the new container was not reached by the fast path"
+    );
+}
