@@ -279,7 +279,7 @@ pub fn create_claimed(
 /// an established packet, and idle clocks never need to be finer than that (timeouts are
 /// seconds; both halves are refreshed together, so neither expires while the flow is used).
 #[inline(always)]
-pub fn needs_sync(e: *mut CtEntry, pkt: &Packet, cfg: &Config, now: u64) -> bool {
+fn needs_sync(e: *mut CtEntry, pkt: &Packet, cfg: &Config, now: u64) -> bool {
     // SAFETY: `e` came from a lookup in this program run; plain reads.
     let (flags, last) = unsafe { ((*e).flags, (*e).last_seen_ns) };
     let refresh = (timeout_ns(flags, pkt.proto, cfg) / 16).min(1_000_000_000);
@@ -287,6 +287,27 @@ pub fn needs_sync(e: *mut CtEntry, pkt: &Packet, cfg: &Config, now: u64) -> bool
         || (flags & CT_REPLY != 0 && flags & CT_SEEN_REPLY == 0)
         || now.saturating_sub(last) >= refresh
 }
+
+/// The other half of an established flow whose entry `e` (at `key`) the packet hit, when
+/// `needs_sync` says the packet needs it (ensured, i.e. recreated if lost); `None` otherwise.
+#[inline(always)]
+pub fn other_half(
+    key: &CtKey,
+    e: *mut CtEntry,
+    pkt: &Packet,
+    cfg: &Config,
+    now: u64,
+) -> Result<Option<*mut CtEntry>, DropReason> {
+    if needs_sync(e, pkt, cfg, now) {
+        ensure_reverse(key, e).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// A hit or new flow in a hook: the half the packet uses, the other half when it must be
+/// touched too (`other_half`; always for a new flow), and the counter its packets bump.
+pub type Hit = (*mut CtEntry, Option<*mut CtEntry>, Option<u32>);
 
 /// Accounts one packet of `len` bytes on `e`. With the other half (`needs_sync` said so, or
 /// the flow is new), also refreshes both halves' idle clock; a packet through the reply half

@@ -45,6 +45,7 @@ use datapath_common::{
 
 use crate::{
     config, conntrack,
+    conntrack::Hit,
     maps::TG_EP_BY_IF,
     nat::{self, dnat, icmp, snat},
     packet::{self, Packet},
@@ -53,10 +54,6 @@ use crate::{
     redirect,
     verdict::{self, Dir, Skip, Stop},
 };
-
-/// A flow's two conntrack halves (the one this packet hit first) and the counter its packets
-/// bump, if any.
-type Hit = (*mut CtEntry, Option<*mut CtEntry>, Option<u32>);
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
@@ -96,13 +93,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
         Some(e) if usable(e, &pkt) => {
             let counter = hit_counter(conntrack::flags(e));
-            // Established: the other half is looked up only when the flow needs it.
-            let other = if conntrack::needs_sync(e, &pkt, &cfg, now) {
-                Some(conntrack::ensure_reverse(&key, e)?)
-            } else {
-                None
-            };
-            (e, other, counter)
+            (e, conntrack::other_half(&key, e, &pkt, &cfg, now)?, counter)
         }
         // The original half of an uplink flow: only a packet spoofing the client matches it.
         Some(e) if conntrack::flags(e) & (CT_REPLY | CT_HAIRPIN | CT_DNAT) == CT_DNAT => {

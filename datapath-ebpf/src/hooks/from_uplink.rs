@@ -21,6 +21,7 @@ use datapath_common::{
 
 use crate::{
     config, conntrack,
+    conntrack::Hit,
     nat::{self, dnat, icmp},
     packet::Packet,
     policy, redirect,
@@ -51,13 +52,7 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         Some(e) if usable(e, &pkt) => {
             *owner = conntrack::endpoint_id(e);
             let counter = hit_counter(conntrack::flags(e));
-            // Established: the other half is looked up only when the flow needs it.
-            let other = if conntrack::needs_sync(e, &pkt, &cfg, now) {
-                Some(conntrack::ensure_reverse(&key, e)?)
-            } else {
-                None
-            };
-            (e, other, counter)
+            (e, conntrack::other_half(&key, e, &pkt, &cfg, now)?, counter)
         }
         // A tuple that hits a port map's reply half, a hairpin entry or a masqueraded flow's
         // original half came in with a container's source address: not ours to touch.
@@ -122,7 +117,7 @@ fn new_flow(
     key: &CtKey,
     now: u64,
     owner: &mut u32,
-) -> Result<(*mut CtEntry, Option<*mut CtEntry>, Option<u32>), Stop> {
+) -> Result<Hit, Stop> {
     if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
         *owner = pm.endpoint_id;
         let e = dnat::flow_entry(&pm, 0, now);
@@ -149,7 +144,7 @@ fn routed(
     key: &CtKey,
     now: u64,
     owner: &mut u32,
-) -> Result<(*mut CtEntry, Option<*mut CtEntry>, Option<u32>), Stop> {
+) -> Result<Hit, Stop> {
     if !pkt.opens_flow() {
         return Err(Skip::NotOurs.into());
     }
