@@ -160,18 +160,59 @@ pub fn udp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
 /// Connects from `ns` to `ip:port`, sends `msg`, half-closes, and returns everything the
 /// server sent (the greeting line plus the echo).
 pub fn tcp_request(ns: &str, ip: Ipv4Addr, port: u16, msg: &str) -> Result<String> {
-    let msg = msg.to_string();
-    in_ns(ns, move || {
-        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
-        let mut c = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .with_context(|| format!("connect {addr}"))?;
-        c.set_read_timeout(Some(IO_TIMEOUT))?;
-        c.write_all(msg.as_bytes())?;
-        c.shutdown(std::net::Shutdown::Write)?;
-        let mut out = String::new();
-        c.read_to_string(&mut out)
-            .with_context(|| format!("reading from {addr}"))?;
-        Ok(out)
+    tcp_request_timeout(ns, ip, port, msg, IO_TIMEOUT)
+}
+
+/// What `echo_transfer` sent and got back, and the server's greeting line.
+pub struct Transfer {
+    pub greeting: String,
+    pub sent: Vec<u8>,
+    pub got: Vec<u8>,
+}
+
+/// Starts a long echoed transfer from `ns` to the `tcp_echo` at `ip:port`: `chunks` chunks of
+/// `chunk_len` bytes, `pause` apart (so it spans whatever the caller does meanwhile), then a
+/// half-close; the thread returns everything sent and everything echoed back.
+pub fn echo_transfer(
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    chunks: u32,
+    chunk_len: u32,
+    pause: Duration,
+) -> JoinHandle<Result<Transfer>> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        in_ns(&ns, move || {
+            let mut c = TcpStream::connect((ip, port))?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut ch = [0u8; 1];
+            let mut line = Vec::new();
+            while c.read(&mut ch)? == 1 && ch[0] != b'\n' {
+                line.push(ch[0]);
+            }
+            let reader = c.try_clone()?;
+            let rd = std::thread::spawn(move || -> Result<Vec<u8>> {
+                let mut r = reader;
+                let mut all = Vec::new();
+                r.read_to_end(&mut all)?;
+                Ok(all)
+            });
+            let mut sent = Vec::new();
+            for i in 0..chunks {
+                let chunk: Vec<u8> = (0..chunk_len).map(|j| ((i * 7 + j) % 251) as u8).collect();
+                c.write_all(&chunk)?;
+                sent.extend_from_slice(&chunk);
+                std::thread::sleep(pause);
+            }
+            c.shutdown(std::net::Shutdown::Write)?;
+            let got = rd.join().unwrap()?;
+            Ok(Transfer {
+                greeting: String::from_utf8_lossy(&line).to_string(),
+                sent,
+                got,
+            })
+        })
     })
 }
 

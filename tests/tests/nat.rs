@@ -411,41 +411,17 @@ fn masqueraded_tcp_flow_survives_kill9_and_restart() {
     let mut sb = sandbox!("nat-kill");
     let (_a, ns, _) = sb.container("a");
     let _srv = tcp_echo(&sb.client, 80, "out").unwrap();
-    let ip = sb.client_ip;
     // 2 MiB in 32 KiB chunks over ~2.5 s, echoed back and compared byte for byte.
-    let transfer = std::thread::spawn(move || {
-        in_ns(&ns, move || {
-            let mut c = TcpStream::connect((ip, 80))?;
-            c.set_read_timeout(Some(Duration::from_secs(10)))?;
-            let mut ch = [0u8; 1];
-            let mut line = Vec::new();
-            while c.read(&mut ch)? == 1 && ch[0] != b'\n' {
-                line.push(ch[0]);
-            }
-            let reader = c.try_clone()?;
-            let rd = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
-                let mut r = reader;
-                let mut all = Vec::new();
-                r.read_to_end(&mut all)?;
-                Ok(all)
-            });
-            let mut sent = Vec::new();
-            for i in 0..64u32 {
-                let chunk: Vec<u8> = (0..32768u32).map(|j| ((i * 7 + j) % 251) as u8).collect();
-                c.write_all(&chunk)?;
-                sent.extend_from_slice(&chunk);
-                std::thread::sleep(Duration::from_millis(40));
-            }
-            c.shutdown(std::net::Shutdown::Write)?;
-            let got = rd.join().unwrap()?;
-            Ok((String::from_utf8_lossy(&line).to_string(), sent, got))
-        })
-    });
+    let transfer = echo_transfer(&ns, sb.client_ip, 80, 64, 32768, Duration::from_millis(40));
     std::thread::sleep(Duration::from_millis(600));
     sb.kill_daemon();
     std::thread::sleep(Duration::from_millis(600));
     sb.start_daemon().unwrap();
-    let (greeting, sent, got) = transfer.join().unwrap().unwrap();
+    let Transfer {
+        greeting,
+        sent,
+        got,
+    } = transfer.join().unwrap().unwrap();
     let peer = answer_peer(&greeting).unwrap();
     assert_eq!(*peer.ip(), sb.uplink_ip, "{greeting}");
     assert_eq!(got.len(), sent.len(), "bytes lost across kill -9 + restart");

@@ -383,40 +383,23 @@ fn kill9_and_restart_lose_neither_transfer_nor_config() {
     let before = (sb.json(&["port", "list"]), sb.json(&["container", "list"]));
 
     // A transfer of 8 MiB in 64 KiB chunks over ~4 s, echoed back and checked byte for byte.
-    let (ip, client) = (sb.uplink_ip, sb.client.clone());
-    let transfer = std::thread::spawn(move || {
-        in_ns(&client, move || {
-            let mut c = TcpStream::connect((ip, 8080))?;
-            c.set_read_timeout(Some(Duration::from_secs(10)))?;
-            let mut greet = [0u8; 1];
-            let mut line = Vec::new();
-            while c.read(&mut greet)? == 1 && greet[0] != b'\n' {
-                line.push(greet[0]);
-            }
-            let reader = c.try_clone()?;
-            let rd = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
-                let mut r = reader;
-                let mut all = Vec::new();
-                r.read_to_end(&mut all)?;
-                Ok(all)
-            });
-            let mut sent = Vec::new();
-            for i in 0..128u32 {
-                let chunk: Vec<u8> = (0..65536u32).map(|j| ((i * 7 + j) % 251) as u8).collect();
-                c.write_all(&chunk)?;
-                sent.extend_from_slice(&chunk);
-                std::thread::sleep(Duration::from_millis(30));
-            }
-            c.shutdown(std::net::Shutdown::Write)?;
-            let got = rd.join().unwrap()?;
-            Ok((String::from_utf8_lossy(&line).to_string(), sent, got))
-        })
-    });
+    let transfer = echo_transfer(
+        &sb.client,
+        sb.uplink_ip,
+        8080,
+        128,
+        65536,
+        Duration::from_millis(30),
+    );
     std::thread::sleep(Duration::from_millis(800));
     sb.kill_daemon();
     std::thread::sleep(Duration::from_millis(800));
     sb.start_daemon().unwrap();
-    let (greeting, sent, got) = transfer.join().unwrap().unwrap();
+    let Transfer {
+        greeting,
+        sent,
+        got,
+    } = transfer.join().unwrap().unwrap();
     assert!(greeting.starts_with("web peer="), "{greeting}");
     assert_eq!(got.len(), sent.len(), "bytes lost across kill -9 + restart");
     assert!(got == sent, "echoed bytes differ");
