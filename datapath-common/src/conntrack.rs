@@ -60,7 +60,20 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Next hop of this direction's packets as the FIB last gave it (the hook's redirect
+    /// target): MAC block (destination, then source), the egress ifindex, and when it was
+    /// looked up (`last_seen_ns`'s clock; 0: never). Reused for `FIB_CACHE_NS`, so an
+    /// established flow's packets skip the FIB lookup. Fields are only ever appended to
+    /// `CtEntry`: the agent migrates a pinned table of an older, shorter layout by
+    /// zero-extending its values (an all-zero cache is simply stale).
+    pub fib_macs: [u8; 12],
+    pub fib_ifindex: u32,
+    pub fib_checked_ns: u64,
 }
+
+/// How long a FIB answer cached in a flow's entry (`CtEntry.fib_*`) is reused: the time a
+/// changed route or neighbour takes to be followed by established flows.
+pub const FIB_CACHE_NS: u64 = 1_000_000_000;
 
 crate::impl_pod!(CtKey, CtEntry);
 
@@ -69,7 +82,7 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(core::mem::size_of::<super::CtKey>(), 16);
-        assert_eq!(core::mem::size_of::<super::CtEntry>(), 56);
+        assert_eq!(core::mem::size_of::<super::CtEntry>(), 80);
         assert_eq!(core::mem::align_of::<super::CtEntry>(), 8);
     }
 }

@@ -30,6 +30,9 @@ pub const CONFIG: &str = "TG_CONFIG";
 pub const COUNTERS: &str = "TG_COUNTERS";
 /// MAC addresses of each container's veth pair, cached from the FIB by the datapath (`EpL2`).
 pub const EP_L2: &str = "TG_EP_L2";
+/// Two per-CPU `CtEntry` slots where the datapath builds new conntrack entries before
+/// inserting them (no agent use; pinned like the rest so `bpftool` finds it by name).
+pub const CT_SCRATCH: &str = "TG_CT_SCRATCH";
 
 pub const PORTMAP_MAX: u32 = 131_072;
 pub const LOCAL_ADDRS_MAX: u32 = 4_096;
@@ -55,4 +58,5 @@ pub const ALL: &[&str] = &[
     CONFIG,
     COUNTERS,
     EP_L2,
+    CT_SCRATCH,
 ];

@@ -28,7 +28,7 @@ use datapath_common::{
 
 use crate::{
     config,
-    maps::TG_CT,
+    maps::{TG_CT, TG_CT_SCRATCH},
     mem,
     packet::{Packet, ICMP_ECHO_REPLY},
     verdict,
@@ -44,6 +44,43 @@ pub fn make_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Ct
     k.dport = dport;
     k.proto = proto;
     k
+}
+
+/// Scratch slot (`TG_CT_SCRATCH`) of the half a new flow's packet hits.
+pub const HALF: u32 = 0;
+/// Scratch slot of the other half (`reverse`).
+pub const REVERSE: u32 = 1;
+
+/// A new entry of a flow owned by container `endpoint_id`, created at `now` (no translation,
+/// no counts, no cached next hop), built in this CPU's scratch `slot` and valid until that
+/// slot is built again in this program run. Word-wise volatile zeroing: plain zero stores
+/// would be merged back into a `memset` call.
+#[inline(always)]
+pub fn new_entry(
+    slot: u32,
+    flags: u32,
+    endpoint_id: u32,
+    now: u64,
+) -> Result<*mut CtEntry, DropReason> {
+    let e = TG_CT_SCRATCH
+        .get_ptr_mut(slot)
+        .ok_or(DropReason::Internal)?;
+    let words = e.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<CtEntry>() / 8 {
+        // SAFETY: `e` is this CPU's slot of a preallocated array element, 8-aligned, and
+        // `i` words of 8 bytes lie inside it (`CtEntry` is a multiple of 8 bytes).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: as above; plain field writes.
+    unsafe {
+        (*e).flags = flags;
+        (*e).endpoint_id = endpoint_id;
+        (*e).created_ns = now;
+        (*e).last_seen_ns = now;
+    }
+    Ok(e)
 }
 
 #[inline(always)]
@@ -129,7 +166,7 @@ pub fn now_ns() -> u64 {
 /// undoes `e`: a source rewrite becomes a destination rewrite back to the old source and vice
 /// versa. Flags other than `CT_REPLY` (which flips) carry over, counters restart.
 #[inline(always)]
-pub fn reverse(key: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
+pub fn reverse(key: &CtKey, e: &CtEntry) -> Result<(CtKey, *mut CtEntry), DropReason> {
     let (new_saddr, new_sport) = if e.flags & CT_SNAT != 0 {
         (e.nat_saddr, e.nat_sport)
     } else {
@@ -144,25 +181,30 @@ pub fn reverse(key: &CtKey, e: &CtEntry) -> (CtKey, CtEntry) {
     // 0 (`Packet`), so swapping the ends is the reply direction's key too.
     let rkey = make_key(new_daddr, new_saddr, new_dport, new_sport, key.proto);
     let mut flags = (e.flags & !(CT_SNAT | CT_DNAT)) ^ CT_REPLY;
-    let mut r = CtEntry {
-        endpoint_id: e.endpoint_id,
-        redirect_ifindex: e.redirect_ifindex,
-        created_ns: e.created_ns,
-        last_seen_ns: e.last_seen_ns,
-        ..CtEntry::default()
-    };
-    if e.flags & CT_DNAT != 0 {
-        flags |= CT_SNAT;
-        r.nat_saddr = key.daddr;
-        r.nat_sport = key.dport;
+    let (redirect_ifindex, last_seen_ns) = (e.redirect_ifindex, e.last_seen_ns);
+    let (nat_saddr, nat_sport) = (key.daddr, key.dport);
+    let (nat_daddr, nat_dport) = (key.saddr, key.sport);
+    let dnat = e.flags & CT_DNAT != 0;
+    let snat = e.flags & CT_SNAT != 0;
+    let r = new_entry(REVERSE, 0, e.endpoint_id, e.created_ns)?;
+    // SAFETY: `r` is this CPU's scratch slot (`new_entry`); `e` was read above, so it may
+    // be any entry, the other scratch slot included.
+    unsafe {
+        (*r).redirect_ifindex = redirect_ifindex;
+        (*r).last_seen_ns = last_seen_ns;
+        if dnat {
+            flags |= CT_SNAT;
+            (*r).nat_saddr = nat_saddr;
+            (*r).nat_sport = nat_sport;
+        }
+        if snat {
+            flags |= CT_DNAT;
+            (*r).nat_daddr = nat_daddr;
+            (*r).nat_dport = nat_dport;
+        }
+        (*r).flags = flags;
     }
-    if e.flags & CT_SNAT != 0 {
-        flags |= CT_DNAT;
-        r.nat_daddr = key.saddr;
-        r.nat_dport = key.sport;
-    }
-    r.flags = flags;
-    (rkey, r)
+    Ok((rkey, r))
 }
 
 /// Whether two entries rewrite packets the same way (counters and timestamps aside).
@@ -197,8 +239,17 @@ pub fn ensure(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
 #[inline(always)]
 pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
     put(key, e)?;
-    let (rkey, r) = reverse(key, e);
-    let other = ensure(&rkey, &r)?;
+    let (rkey, r) = reverse(key, e)?;
+    // SAFETY: `r` is this CPU's scratch slot, just built.
+    let r = unsafe { &*r };
+    // The reply tuple of a new flow is almost always free: try the insert first (a failed
+    // `BPF_NOEXIST` says it is taken; `ensure` then compares).
+    let other = if TG_CT.insert(rkey, r, u64::from(BPF_NOEXIST)).is_ok() {
+        verdict::count(CNT_CT_CREATED);
+        lookup(&rkey).ok_or(DropReason::Internal)?
+    } else {
+        ensure(&rkey, r)?
+    };
     // Looked up again after the second insert: with LRU, any insert may recycle a slot.
     let this = lookup(key).ok_or(DropReason::Internal)?;
     Ok((this, other))
@@ -211,13 +262,41 @@ pub fn create_plain(
     endpoint_id: u32,
     now: u64,
 ) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
-    let plain = CtEntry {
-        endpoint_id,
-        created_ns: now,
-        last_seen_ns: now,
-        ..CtEntry::default()
-    };
-    create(key, &plain)
+    let e = new_entry(HALF, 0, endpoint_id, now)?;
+    // SAFETY: `e` is this CPU's scratch slot, just built.
+    create(key, unsafe { &*e })
+}
+
+/// How an entry rewrites its packets: the part of `CtEntry` a hook acts on, copied out of the
+/// map once so that the rewrite reads stable values while other CPUs update the entry (and
+/// without the whole entry on the stack: the hooks are close to the 512-byte limit).
+#[derive(Clone, Copy)]
+pub struct Xlate {
+    pub flags: u32,
+    pub nat_saddr: u32,
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
+    pub redirect_ifindex: u32,
+    /// The container that owns the flow.
+    pub endpoint_id: u32,
+}
+
+/// The rewrite entry `e` stands for.
+#[inline(always)]
+pub fn xlate(e: *mut CtEntry) -> Xlate {
+    // SAFETY: `e` came from a lookup in this program run; plain reads.
+    unsafe {
+        Xlate {
+            flags: (*e).flags,
+            nat_saddr: (*e).nat_saddr,
+            nat_daddr: (*e).nat_daddr,
+            nat_sport: (*e).nat_sport,
+            nat_dport: (*e).nat_dport,
+            redirect_ifindex: (*e).redirect_ifindex,
+            endpoint_id: (*e).endpoint_id,
+        }
+    }
 }
 
 /// The entry's `CT_*` flags.
@@ -253,9 +332,10 @@ pub fn same_direction(e: *mut CtEntry, pkt: &Packet) -> bool {
 /// Makes sure the other half of a hit flow exists, and returns it.
 #[inline(always)]
 pub fn ensure_reverse(key: &CtKey, e: *mut CtEntry) -> Result<*mut CtEntry, DropReason> {
-    // SAFETY: `e` came from a lookup in this program run; copied out before any insert.
-    let (rkey, r) = reverse(key, unsafe { &*e });
-    ensure(&rkey, &r)
+    // SAFETY: `e` came from a lookup in this program run; `reverse` copies what it needs.
+    let (rkey, r) = reverse(key, unsafe { &*e })?;
+    // SAFETY: `r` is this CPU's scratch slot, just built.
+    ensure(&rkey, unsafe { &*r })
 }
 
 /// Writes the original half `e` of a flow whose reply half (`rkey`) the caller already

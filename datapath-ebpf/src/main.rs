@@ -23,6 +23,7 @@
 mod config;
 mod conntrack;
 mod hooks;
+mod lookup;
 mod maps;
 mod mem;
 mod nat;

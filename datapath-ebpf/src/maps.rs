@@ -83,6 +83,12 @@ pub static TG_SOCK_RNAT: LruHashMap<SockRevKey, SockRevValue, { SOCK_REVNAT_MAX 
 #[btf_map]
 pub static TG_EP_L2: Array<EpL2, { ENDPOINTS_MAX as usize }> = Array::new();
 
+/// Where new conntrack entries are built before they are inserted, per CPU: slot
+/// `conntrack::HALF` the packet's half, `conntrack::REVERSE` its other half. An 80-byte value
+/// on the stack of a hook close to the 512-byte limit does not fit, and zeroing one there
+/// costs a call to aya's byte-at-a-time `memset`. Only `conntrack` uses it.
+#[btf_map]
+pub static TG_CT_SCRATCH: PerCpuArray<CtEntry, 2> = PerCpuArray::new();
 /// `Config` at index 0. Agent writes; every hook reads (`config::get`).
 #[btf_map]
 pub static TG_CONFIG: Array<Config, 1> = Array::new();

@@ -10,14 +10,7 @@ use datapath_common::{
     proto,
 };
 
-use crate::maps::{PolicyLpmKey, TG_ENDPOINTS, TG_LINKS, TG_POLICY};
-
-/// The container that owns `ip`, if any.
-#[inline(always)]
-pub fn endpoint(ip: u32) -> Option<Endpoint> {
-    // SAFETY: pointer from a lookup in this run; copied out at once.
-    TG_ENDPOINTS.get_ptr(ip).map(|ep| unsafe { *ep })
-}
+use crate::maps::{PolicyLpmKey, TG_LINKS, TG_POLICY};
 
 /// `from` may reach `to` by IP: a link from -> to (one-way), or ICC on.
 #[inline(always)]

@@ -15,6 +15,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use datapath_common::{
+    conntrack::{CtEntry, FIB_CACHE_NS},
     csum,
     drop::DropReason,
     endpoint::{Endpoint, EpL2},
@@ -22,6 +23,7 @@ use datapath_common::{
 };
 
 use crate::{
+    lookup,
     maps::TG_EP_L2,
     mem,
     packet::{self, Packet, IP_TTL_OFF},
@@ -58,8 +60,26 @@ pub fn back_to_container(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReaso
 /// while ARP runs) without routing the packet a second time. When the FIB gives no forwarding
 /// route (unreachable, local, forwarding off) or the TTL is spent, the packet goes to the
 /// stack (TC_ACT_OK) to be handled, or dropped, as it decides.
+///
+/// `flow` is the conntrack half the packet went through, if any: a resolved answer is cached
+/// in it (`CtEntry.fib_*`), and the flow's next packets reuse it for `FIB_CACHE_NS` instead of
+/// looking the route up again. Per flow, not per destination, so a multipath route's choice
+/// (hashed on the flow) stays what the FIB made it.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
+pub fn forward(
+    ctx: &TcContext,
+    pkt: &Packet,
+    flow: Option<*mut CtEntry>,
+    now: u64,
+) -> Result<i32, DropReason> {
+    if pkt.ttl > 1 {
+        if let Some((ifindex, macs)) = flow.and_then(|e| cached_hop(e, now)) {
+            decrement_ttl(ctx, pkt)?;
+            packet::write(ctx, 0, &macs)?;
+            // SAFETY: plain helper call; flags 0 = egress of the cached route's device.
+            return redirected(unsafe { bpf_redirect(ifindex, 0) }, CNT_REDIRECT_NEIGH);
+        }
+    }
     let mut p = fib_params(ctx, pkt);
     // SAFETY: `p` is a properly sized, initialized parameter block on our stack.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
@@ -70,7 +90,11 @@ pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     }
     decrement_ttl(ctx, pkt)?;
     let action = if resolved {
-        packet::write(ctx, 0, &mac_block(&p.dmac, &p.smac))?;
+        let macs = mac_block(&p.dmac, &p.smac);
+        if let Some(e) = flow {
+            remember_hop(e, p.ifindex, &macs, now);
+        }
+        packet::write(ctx, 0, &macs)?;
         // SAFETY: plain helper call; flags 0 = egress of the route's device.
         unsafe { bpf_redirect(p.ifindex, 0) }
     } else {
@@ -86,11 +110,44 @@ pub fn forward(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         // SAFETY: plain helper call with a properly sized next-hop block on our stack.
         unsafe { bpf_redirect_neigh(p.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) }
     };
+    redirected(action, CNT_REDIRECT_NEIGH)
+}
+
+/// The hook's verdict for a redirect helper's return value, counting it in `counter`.
+#[inline(always)]
+fn redirected(action: i64, counter: u32) -> Result<i32, DropReason> {
     if action == i64::from(TC_ACT_REDIRECT) {
-        verdict::count(CNT_REDIRECT_NEIGH);
+        verdict::count(counter);
         Ok(TC_ACT_REDIRECT)
     } else {
         Err(DropReason::Internal)
+    }
+}
+
+/// The next hop cached in flow half `e` (egress ifindex, MAC block), if the FIB gave it less
+/// than `FIB_CACHE_NS` ago.
+#[inline(always)]
+fn cached_hop(e: *mut CtEntry, now: u64) -> Option<(u32, [u8; 12])> {
+    // SAFETY: `e` came from a conntrack lookup in this program run; plain reads.
+    let (ifindex, checked) = unsafe { ((*e).fib_ifindex, (*e).fib_checked_ns) };
+    if ifindex == 0 || now.saturating_sub(checked) >= FIB_CACHE_NS {
+        return None;
+    }
+    // SAFETY: as above.
+    Some((ifindex, unsafe { (*e).fib_macs }))
+}
+
+/// Caches a resolved next hop in flow half `e`. Only this direction's packets write it (once
+/// per `FIB_CACHE_NS`); two CPUs refreshing at once write the same answer.
+#[inline(always)]
+fn remember_hop(e: *mut CtEntry, ifindex: u32, macs: &[u8; 12], now: u64) {
+    // SAFETY: `e` came from a conntrack lookup in this program run; plain writes into the
+    // map value, which lives as long as the map (an entry recycled meanwhile only gets a
+    // harmless cache that its own first lookup-and-compare ignores).
+    unsafe {
+        (*e).fib_macs = *macs;
+        (*e).fib_ifindex = ifindex;
+        (*e).fib_checked_ns = now;
     }
 }
 
@@ -112,40 +169,62 @@ fn fib_params(ctx: &TcContext, pkt: &Packet) -> bpf_fib_lookup {
     p
 }
 
-/// Inbound fast path into container `ep`: the frame is addressed to the container and handed
-/// straight to the ingress of its `eth0` with `bpf_redirect_peer`, which skips the node's IP
-/// stack and the veth's transmit and backlog hop. The MACs come from the FIB (route to the
-/// container's veth, neighbour resolved), cached per container for a second in `TG_EP_L2`, so
-/// most packets skip the lookup. That also skips the host veth's egress hook, so what
-/// `to_container` does (rx counters, ingress limit) is done here. Anything else (neighbour not
-/// resolved yet, route elsewhere, TTL spent) takes `forward`.
+/// Inbound fast path into the container that owns flow half `e`: the frame is addressed to
+/// the container and handed straight to the ingress of its `eth0` with `bpf_redirect_peer`,
+/// which skips the node's IP stack and the veth's transmit and backlog hop. The veth and MACs
+/// are cached in the flow's entry (`CtEntry.fib_*`, refreshed every `FIB_CACHE_NS`), so an
+/// established packet needs neither the container's record nor a FIB lookup. On a refresh
+/// they come from the FIB (route to the container's veth, neighbour resolved), itself cached
+/// per container for a second in `TG_EP_L2` so that new flows mostly skip it too. That also
+/// skips the host veth's egress hook, so what `to_container` does (rx counters, ingress
+/// limit) is done here. Anything else (neighbour not resolved yet, route elsewhere, TTL
+/// spent) takes `forward`.
 #[inline(always)]
 pub fn into_container(
     ctx: &TcContext,
     pkt: &Packet,
-    ep: &Endpoint,
+    e: *mut CtEntry,
     now: u64,
 ) -> Result<i32, DropReason> {
     if pkt.ttl <= 1 {
-        return forward(ctx, pkt);
+        return forward(ctx, pkt, None, now);
     }
-    let Some(macs) = cached_l2(ep, now).or_else(|| fib_l2(ctx, pkt, ep, now)) else {
-        return forward(ctx, pkt);
+    if let Some((ifindex, macs)) = cached_hop(e, now) {
+        // SAFETY: `e` came from a conntrack lookup in this program run; one field read.
+        let owner = unsafe { (*e).endpoint_id };
+        return deliver(ctx, pkt, owner, ifindex, &macs);
+    }
+    let Some(ep) = lookup::endpoint(pkt.daddr) else {
+        return forward(ctx, pkt, None, now);
     };
-    verdict::count_ep(ep.id, Dir::Rx, ctx.len());
+    let Some(macs) = cached_l2(&ep, now).or_else(|| fib_l2(ctx, pkt, &ep, now)) else {
+        return forward(ctx, pkt, None, now);
+    };
+    remember_hop(e, ep.host_ifindex, &macs, now);
+    deliver(ctx, pkt, ep.id, ep.host_ifindex, &macs)
+}
+
+/// The fast path's last steps for container `id` behind host veth `host_ifindex`: its rx
+/// counters and ingress limit, TTL, MACs, `bpf_redirect_peer`.
+#[inline(always)]
+fn deliver(
+    ctx: &TcContext,
+    pkt: &Packet,
+    id: u32,
+    host_ifindex: u32,
+    macs: &[u8; 12],
+) -> Result<i32, DropReason> {
+    verdict::count_ep(id, Dir::Rx, ctx.len());
     // Over the limit: the hook drops it and counts it against the container (its flow's
     // owner), as `to_container` would.
-    ratelimit::police(ep.id, Way::Ingress, ctx.len())?;
+    ratelimit::police(id, Way::Ingress, ctx.len())?;
     decrement_ttl(ctx, pkt)?;
-    packet::write(ctx, 0, &macs)?;
+    packet::write(ctx, 0, macs)?;
     // SAFETY: plain helper call; `host_ifindex` is the host side of the container's veth pair.
-    let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
-    if action == i64::from(TC_ACT_REDIRECT) {
-        verdict::count(CNT_REDIRECT_PEER);
-        Ok(TC_ACT_REDIRECT)
-    } else {
-        Err(DropReason::Internal)
-    }
+    redirected(
+        unsafe { bpf_redirect_peer(host_ifindex, 0) },
+        CNT_REDIRECT_PEER,
+    )
 }
 
 /// How long a FIB answer about a container's MACs is reused.

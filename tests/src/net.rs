@@ -186,6 +186,8 @@ pub fn echo_transfer(
         in_ns(&ns, move || {
             let mut c = TcpStream::connect((ip, port))?;
             c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            // A broken flow fails the transfer instead of blocking the writer forever.
+            c.set_write_timeout(Some(Duration::from_secs(10)))?;
             let mut ch = [0u8; 1];
             let mut line = Vec::new();
             while c.read(&mut ch)? == 1 && ch[0] != b'\n' {

@@ -631,3 +631,97 @@ fn a_full_conntrack_table_evicts_the_oldest_and_new_flows_still_work() {
         "LRU evictions must be counted: {ct}"
     );
 }
+
+/// An upgrade whose object lengthens `TG_CT`'s values (the flows' cached next hops were added
+/// to `CtEntry`) carries the pinned table over while a transfer runs. The node is left as an
+/// older Tollgate leaves it: the daemon killed mid-transfer, `TG_CT` pinned with the old
+/// 56-byte values holding the live entries, and another object's fingerprint. The restarted
+/// daemon must move every entry into a table of the new layout before its programs use it:
+/// a masqueraded flow's entries cannot be rebuilt from any other map, so a lost entry
+/// breaks the transfer (and without the migration the new programs would not even load).
+#[test]
+fn an_upgrade_migrates_an_older_conntrack_layout_mid_transfer() {
+    use aya::maps::{HashMap as BpfHash, MapData};
+    use datapath_common::conntrack::{CtEntry, CtKey};
+    const OLD_VALUE: usize = 56;
+    let mut sb = sandbox!("nat-migrate");
+    let (_a, ns, _) = sb.container("a");
+    let _srv = tcp_echo(&sb.client, 80, "out").unwrap();
+    // 2 MiB in 32 KiB chunks over ~2.5 s, echoed back and compared byte for byte.
+    let transfer = echo_transfer(&ns, sb.client_ip, 80, 64, 32768, Duration::from_millis(40));
+    std::thread::sleep(Duration::from_millis(600));
+    sb.kill_daemon();
+
+    let maps = sb.bpffs.join("maps");
+    let pin = maps.join("TG_CT");
+    let old = maps.join("TG_CT_v1");
+    let live: Vec<([u8; 16], [u8; size_of::<CtEntry>()])> = {
+        let m = MapData::from_pin(&pin).unwrap();
+        let m: BpfHash<_, [u8; size_of::<CtKey>()], [u8; size_of::<CtEntry>()]> =
+            BpfHash::try_from(aya::maps::Map::LruHashMap(m)).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    };
+    assert!(live.len() >= 2, "the flow's entries: {}", live.len());
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+    sh(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            old.to_str().unwrap(),
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            &OLD_VALUE.to_string(),
+            "entries",
+            "262144",
+            "name",
+            "TG_CT",
+        ],
+    )
+    .unwrap();
+    for (k, v) in &live {
+        let mut args = vec![
+            "map",
+            "update",
+            "pinned",
+            old.to_str().unwrap(),
+            "key",
+            "hex",
+        ];
+        let (k, v) = (hex(k), hex(&v[..OLD_VALUE]));
+        args.extend(k.iter().map(String::as_str));
+        args.extend(["value", "hex"]);
+        args.extend(v.iter().map(String::as_str));
+        sh("bpftool", &args).unwrap();
+    }
+    std::fs::rename(&old, &pin).unwrap();
+    for e in std::fs::read_dir(sb.bpffs.join("object")).unwrap() {
+        std::fs::remove_dir(e.unwrap().path()).unwrap();
+    }
+
+    sb.start_daemon().unwrap();
+    let log = sb.daemon_log();
+    assert!(log.contains("older layout"), "no migration:\n{log}");
+    assert!(log.contains("entries carried over"), "no copy:\n{log}");
+    assert!(
+        !maps.join("TG_CT_old").exists(),
+        "the old table's pin stays"
+    );
+    let Transfer {
+        greeting,
+        sent,
+        got,
+    } = transfer.join().unwrap().unwrap();
+    assert_eq!(*answer_peer(&greeting).unwrap().ip(), sb.uplink_ip);
+    assert_eq!(got.len(), sent.len(), "bytes lost across the upgrade");
+    assert!(got == sent, "echoed bytes differ");
+    // The migrated table is the one the daemon now reads and the datapath writes.
+    let flows = conntrack(&sb);
+    assert!(
+        flows.iter().any(|f| f["packets"].as_u64().unwrap_or(0) > 0),
+        "{flows:?}"
+    );
+}

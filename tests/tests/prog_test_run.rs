@@ -682,8 +682,14 @@ fn object() -> Option<Vec<u8>> {
         eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
         return None;
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/ebpf/bpfel-unknown-none/release/datapath");
+    // TOLLGATE_EBPF_OBJ: another build's object (the microbench compares builds).
+    let path = std::env::var_os("TOLLGATE_EBPF_OBJ").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/ebpf/bpfel-unknown-none/release/datapath")
+        },
+        PathBuf::from,
+    );
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
@@ -1951,7 +1957,11 @@ fn per_packet_cost() -> anyhow::Result<()> {
     ] {
         ip_cmd(args)?;
     }
-    let mut bpf = Ebpf::load(&obj)?;
+    // Loaded as the daemon loads it: with the programs' debug logs switched off (the agent's
+    // loader does the same unless the daemon itself logs at debug level).
+    let mut bpf = EbpfLoader::new()
+        .override_global("AYA_LOG_LEVEL", &3u8, false)
+        .load(&obj)?;
     fill_maps(&mut bpf)?;
     config(&mut bpf)?;
     load_classifier(&mut bpf, "from_uplink")?;

@@ -5,7 +5,8 @@
 //! instead of creating a map) and the pinned programs, so neither conntrack nor the attached
 //! datapath is disturbed. When the embedded object differs from the one that was pinned (an
 //! upgrade), the new programs replace the old ones inside the existing links atomically
-//! (BPF_LINK_UPDATE): traffic never sees a moment without a program.
+//! (BPF_LINK_UPDATE): traffic never sees a moment without a program. A pinned map whose
+//! layout changed in the upgrade is replaced and its entries carried over (`migrate`).
 
 use std::{
     collections::BTreeMap,
@@ -118,7 +119,12 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
         loader.map_pin_path(n, p.as_path());
     }
     loader.map_max_entries(names::CONNTRACK, ct_max);
+    // Pinned maps of an older layout move aside; the load below creates them anew.
+    let migrations = super::migrate::set_aside(pins, OBJECT, names::ALL)?;
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    for m in &migrations {
+        m.copy(pins, false)?;
+    }
 
     let id = object_id();
     let stamp = pins.stamp_dir().join(&id);
@@ -158,6 +164,10 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
         info!(object = %id, "datapath programs loaded and pinned");
     } else {
         debug!(object = %id, "reusing pinned datapath programs");
+    }
+    // The new programs run now: pick up what the old ones wrote meanwhile.
+    for m in migrations {
+        m.finish(pins)?;
     }
     let maps = Maps::take(&mut ebpf)?;
     // The object's own (unpinned) program handles go; the pinned ones stay loaded.

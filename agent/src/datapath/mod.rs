@@ -1,9 +1,11 @@
 //! The eBPF side as the agent sees it: loading and pinning (`loader`), attaching (`attach`)
-//! and one typed wrapper per map family (`maps`).
+//! and one typed wrapper per map family (`maps`); pinned maps of an older layout are carried
+//! over on upgrade (`migrate`).
 
 pub mod attach;
 pub mod loader;
 pub mod maps;
+pub mod migrate;
 
 /// The eBPF object built by build.rs from datapath-ebpf, embedded so the binary is
 /// self-contained.

@@ -17,7 +17,8 @@
 //!                                              to a node address / other: policy                 --> node stack (plain tracked)
 //! ```
 //! Replies and masqueraded packets are not handed to the node stack: with a node address as
-//! source they would fail its martian check (see `redirect`).
+//! source they would fail its martian check (see `redirect`). "FIB redirect" is the flow's
+//! next hop as the FIB last gave it, cached in the flow's conntrack entry for a second.
 //!
 //! Only a packet that `opens_flow` (UDP, ICMP echo request, TCP SYN without ACK) creates
 //! conntrack entries. Any other packet without an entry is the answer to something the
@@ -46,7 +47,7 @@ use datapath_common::{
 use crate::{
     config, conntrack,
     conntrack::Hit,
-    maps::TG_EP_BY_IF,
+    lookup,
     nat::{self, dnat, icmp, snat},
     packet::{self, Packet},
     policy,
@@ -87,7 +88,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     if pkt.is_icmp_error() {
         icmp::container_error(ctx, &mut pkt, &cfg, now)?;
         // Its source is now a node address: the stack would drop it as a martian.
-        return Ok(redirect::forward(ctx, &pkt)?);
+        return Ok(redirect::forward(ctx, &pkt, None, now)?);
     }
     let key = pkt.ct_key();
     let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
@@ -101,8 +102,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
         }
         _ => new_flow(ctx, &pkt, &key, ep, &cfg, now)?,
     };
-    // SAFETY: `e` came from a lookup in this run; copied so the rewrite reads stable values.
-    let entry: CtEntry = unsafe { *e };
+    let entry = conntrack::xlate(e);
     nat::apply(ctx, &mut pkt, &entry)?;
     conntrack::touch(e, other, &pkt, ctx.len(), now);
     if let Some(c) = counter {
@@ -115,7 +115,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     let masq_orig = entry.flags & (CT_REPLY | CT_MASQ) == CT_MASQ;
     if reply_snat || masq_orig {
         // Its source is now a node address: the stack would drop it as a martian.
-        return Ok(redirect::forward(ctx, &pkt)?);
+        return Ok(redirect::forward(ctx, &pkt, Some(e), now)?);
     }
     Ok(TC_ACT_OK)
 }
@@ -123,8 +123,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
 /// The container registered for the veth the packet arrived on.
 #[inline(always)]
 fn endpoint_of(ctx: &TcContext) -> Option<Endpoint> {
-    // SAFETY: pointer from a lookup in this run; copied out at once.
-    TG_EP_BY_IF.get_ptr(ifindex(ctx)).map(|ep| unsafe { *ep })
+    lookup::endpoint_by_ifindex(ifindex(ctx))
 }
 
 /// Whether a live entry hit by a container's packet carries it: reply halves always; original
@@ -173,13 +172,13 @@ fn new_flow(
     cfg: &Config,
     now: u64,
 ) -> Result<Hit, Stop> {
-    let peer = policy::endpoint(pkt.daddr);
+    let peer = lookup::endpoint(pkt.daddr);
     if !pkt.opens_flow() {
         return Err(unopened(pkt, ep, peer.as_ref(), cfg));
     }
     // A published port: allowed whatever ICC says (that is what publishing is for), but the
     // egress rules still see the address the container asked for.
-    if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
+    if let Some(pm) = lookup::published(pkt.daddr, pkt.dport, pkt.proto) {
         policy::egress(ep, pkt.daddr, pkt.proto, pkt.dport)?;
         let (e, other) = new_hairpin(ctx, pkt, key, &pm, now)?;
         return Ok((e, Some(other), Some(CNT_DNAT_HAIRPIN)));
@@ -217,7 +216,7 @@ fn new_flow(
 /// protocol and destination alone; passes untouched when allowed.
 #[inline(always)]
 fn other_proto(ep: &Endpoint, cfg: &Config, daddr: u32, proto: u8) -> Result<i32, Stop> {
-    let peer = policy::endpoint(daddr);
+    let peer = lookup::endpoint(daddr);
     policy::new_flow(ep, peer.as_ref(), cfg, daddr, proto, 0)?;
     Err(Skip::OtherProto.into())
 }
@@ -225,7 +224,7 @@ fn other_proto(ep: &Endpoint, cfg: &Config, daddr: u32, proto: u8) -> Result<i32
 /// What happens to a packet that may not open a flow and has no entry (module docs).
 #[inline(always)]
 fn unopened(pkt: &Packet, ep: &Endpoint, peer: Option<&Endpoint>, cfg: &Config) -> Stop {
-    if dnat::is_local(pkt.daddr) {
+    if lookup::is_local(pkt.daddr) {
         return Skip::NotOurs.into();
     }
     match peer {
@@ -246,14 +245,16 @@ fn new_hairpin(
     pm: &PortValue,
     now: u64,
 ) -> Result<(*mut CtEntry, *mut CtEntry), Stop> {
-    let mut e = dnat::flow_entry(pm, CT_HAIRPIN, now);
+    // SAFETY: this CPU's scratch slot, just built; only this function uses it until
+    // `create` inserts it.
+    let e = unsafe { &mut *dnat::flow_entry(pm, CT_HAIRPIN, now)? };
     if pm.container_ip == pkt.saddr {
         // Calling itself: without the SNAT its reply would be delivered locally inside the
         // container, to a socket that never sent anything to that address.
-        snat::self_hairpin(&mut e, pkt)?;
+        snat::self_hairpin(e, pkt)?;
         e.redirect_ifindex = ifindex(ctx);
     }
-    let ptrs = conntrack::create(key, &e)?;
+    let ptrs = conntrack::create(key, e)?;
     debug!(
         ctx,
         "hairpin flow {:i}:{} -> {:i}:{}",

@@ -6,9 +6,10 @@
 //!                                   +-- to a published port: DNAT hostip:P -> cip:cport' -------------+--> node stack --> [tgXXXX] --> container
 //!                                   +-- straight to a container IP (routed): tracked, untouched ------+
 //! ```
-//! Translated packets (port maps, masquerade replies) are forwarded by FIB lookup +
-//! `bpf_redirect_peer` straight into the container (or `bpf_redirect_neigh` to its veth while
-//! its neighbour entry is not resolved; the node stack when the FIB has no forwarding route);
+//! Translated packets (port maps, masquerade replies) are forwarded with `bpf_redirect_peer`
+//! straight into the container, to the next hop the FIB gave for the flow (cached in its
+//! conntrack entry for a second), or with `bpf_redirect_neigh` to its veth while its neighbour
+//! entry is not resolved (the node stack when the FIB has no forwarding route);
 //! the client address is kept. Routed flows and ICMP
 //! errors go through the node stack (TC_ACT_OK). Everything else passes untouched.
 
@@ -22,9 +23,10 @@ use datapath_common::{
 use crate::{
     config, conntrack,
     conntrack::Hit,
+    lookup,
     nat::{self, dnat, icmp},
     packet::Packet,
-    policy, redirect,
+    redirect,
     verdict::{self, Skip, Stop},
 };
 
@@ -61,22 +63,18 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         // lost keeps working, its entries are recreated from the port map.
         _ => new_flow(ctx, &pkt, &key, now, owner)?,
     };
-    // SAFETY: `e` came from a lookup in this run; copied so the rewrite reads stable values.
-    let entry: CtEntry = unsafe { *e };
+    let entry = conntrack::xlate(e);
     nat::apply(ctx, &mut pkt, &entry)?;
     conntrack::touch(e, other, &pkt, ctx.len(), now);
     if let Some(c) = counter {
         verdict::count(c);
     }
     if counter.is_some() {
-        // Fast path: a translated packet goes straight into the container (FIB lookup +
-        // bpf_redirect_peer), or at least to its veth (bpf_redirect_neigh), skipping the
-        // node's IP input, netfilter and forwarding. Without a forwarding route it falls back
-        // to the stack.
-        return Ok(match policy::endpoint(pkt.daddr) {
-            Some(ep) => redirect::into_container(ctx, &pkt, &ep, now)?,
-            None => redirect::forward(ctx, &pkt)?,
-        });
+        // Fast path: a translated packet goes straight into the container (its flow's cached
+        // next hop, or a FIB lookup, + bpf_redirect_peer), or at least to its veth
+        // (bpf_redirect_neigh), skipping the node's IP input, netfilter and forwarding.
+        // Without a forwarding route it falls back to the stack.
+        return Ok(redirect::into_container(ctx, &pkt, e, now)?);
     }
     Ok(TC_ACT_OK)
 }
@@ -118,10 +116,11 @@ fn new_flow(
     now: u64,
     owner: &mut u32,
 ) -> Result<Hit, Stop> {
-    if let Some(pm) = dnat::published(pkt.daddr, pkt.dport, pkt.proto) {
+    if let Some(pm) = lookup::published(pkt.daddr, pkt.dport, pkt.proto) {
         *owner = pm.endpoint_id;
-        let e = dnat::flow_entry(&pm, 0, now);
-        let (e, other) = conntrack::create(key, &e)?;
+        let e = dnat::flow_entry(&pm, 0, now)?;
+        // SAFETY: this CPU's scratch slot, just built.
+        let (e, other) = conntrack::create(key, unsafe { &*e })?;
         debug!(
             ctx,
             "uplink flow {:i}:{} -> {:i}:{}",
@@ -148,7 +147,7 @@ fn routed(
     if !pkt.opens_flow() {
         return Err(Skip::NotOurs.into());
     }
-    let ep = policy::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;
+    let ep = lookup::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;
     *owner = ep.id;
     let (e, other) = conntrack::create_plain(key, ep.id, now)?;
     debug!(

@@ -26,8 +26,8 @@ use datapath_common::{
 };
 
 use crate::{
+    lookup,
     maps::{TG_CONFIG, TG_PORT_GUARD, TG_SOCK_RNAT},
-    nat::dnat,
     verdict,
 };
 
@@ -107,7 +107,7 @@ fn to_container(ctx: &SockAddrContext) -> bool {
     let port = user_port(ctx);
     // The exact-host-IP lookup comes first, so a non-local address (an unrelated remote host)
     // can only match a map explicitly published on it; `published` checks locality for the rest.
-    let Some(pm) = dnat::published(ip, port, proto) else {
+    let Some(pm) = lookup::published(ip, port, proto) else {
         return false;
     };
     let key = SockRevKey {
@@ -160,7 +160,7 @@ fn binds_published_port(ctx: &SockAddrContext) -> bool {
         return false;
     }
     let ip = user_ip4(ctx);
-    ip == 0 || dnat::is_local(ip)
+    ip == 0 || lookup::is_local(ip)
 }
 
 /// TCP or UDP, else `None` (raw and other sockets are left alone).

@@ -28,7 +28,7 @@
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, programs::TcContext};
 use datapath_common::{
     config::Config,
-    conntrack::{CtEntry, CT_DNAT, CT_HAIRPIN, CT_SNAT},
+    conntrack::{CT_DNAT, CT_HAIRPIN, CT_SNAT},
     csum,
     drop::DropReason,
     proto,
@@ -36,7 +36,7 @@ use datapath_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, Xlate},
     nat::End,
     packet::{Ipv4Hdr, Packet, ICMP_ECHO, ICMP_HLEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
     verdict::{self, Skip, Stop},
@@ -114,7 +114,7 @@ pub fn container_error(
 
 /// The live entry of the quoted packet's flow in the other direction (its reply's tuple).
 #[inline(always)]
-fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<CtEntry, Stop> {
+fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<Xlate, Stop> {
     let key = conntrack::make_key(
         inner.daddr,
         inner.saddr,
@@ -123,8 +123,7 @@ fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<CtEntry, Sto
         inner.proto,
     );
     let e = conntrack::lookup_live(&key, cfg, now).ok_or(Skip::NotOurs)?;
-    // SAFETY: `e` came from a lookup in this run; copied out at once.
-    Ok(unsafe { *e })
+    Ok(conntrack::xlate(e))
 }
 
 /// Parses the quoted IPv4 header and the ports after it (an echo request: the identifier as

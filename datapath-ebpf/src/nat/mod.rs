@@ -10,13 +10,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    conntrack::{CtEntry, CT_DNAT, CT_REPLY, CT_SNAT},
+    conntrack::{CT_DNAT, CT_REPLY, CT_SNAT},
     drop::DropReason,
 };
 
 use datapath_common::csum;
 
-use crate::packet::{self, Packet, IP_CSUM_OFF};
+use crate::{
+    conntrack::Xlate,
+    packet::{self, Packet, IP_CSUM_OFF},
+};
 
 /// Which end of the packet a rewrite changes.
 #[derive(Clone, Copy)]
@@ -94,9 +97,9 @@ fn rewrite(
     Ok(())
 }
 
-/// Rewrites the packet as conntrack entry `e` says.
+/// Rewrites the packet as a conntrack entry says.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &CtEntry) -> Result<(), DropReason> {
+pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &Xlate) -> Result<(), DropReason> {
     if e.flags & CT_REPLY != 0 {
         // The reply half of a DNAT flow restores the source, of an SNAT flow the destination.
         if e.flags & CT_SNAT != 0 {

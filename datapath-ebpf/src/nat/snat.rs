@@ -10,8 +10,8 @@ use datapath_common::{
     proto,
 };
 
-use super::{dnat, rewrite, End};
-use crate::{config, conntrack, maps::TG_ENDPOINTS, packet::Packet, redirect};
+use super::{rewrite, End};
+use crate::{config, conntrack, lookup, maps::TG_ENDPOINTS, packet::Packet, redirect};
 
 /// Candidate ports tried per new flow before giving up (`NatExhausted`). Candidates are
 /// pseudo-random over the range, so with the range a third full the chance that all 32 are
@@ -41,7 +41,7 @@ pub fn masquerades(ctx: &TcContext, pkt: &Packet, cfg: &Config) -> bool {
     cfg.snat_ip != 0
         && cfg.uplink_ifindex != 0
         && pkt.daddr & cfg.pool_mask != cfg.pool_net
-        && !dnat::is_local(pkt.daddr)
+        && !lookup::is_local(pkt.daddr)
         && redirect::fib_egress(ctx, pkt) == Some(cfg.uplink_ifindex)
 }
 
@@ -56,27 +56,25 @@ pub fn masquerade(
     cfg: &Config,
     now: u64,
 ) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
-    let mut e = CtEntry {
-        nat_saddr: cfg.snat_ip,
-        flags: CT_SNAT | CT_MASQ,
-        endpoint_id,
-        created_ns: now,
-        last_seen_ns: now,
-        ..CtEntry::default()
-    };
+    let e = conntrack::new_entry(conntrack::HALF, CT_SNAT | CT_MASQ, endpoint_id, now)?;
+    // SAFETY: `e` is this CPU's scratch slot, just built; only this function uses it until
+    // `create_claimed` inserts it.
+    let e = unsafe { &mut *e };
+    e.nat_saddr = cfg.snat_ip;
     let (first, count) = config::nat_ports(cfg);
     let seed = flow_hash(key);
     for i in 0..NAT_TRIES {
         let port = first + mix(seed.wrapping_add(i)).checked_rem(count).unwrap_or(0);
         e.nat_sport = (port as u16).to_be();
         if key.proto != proto::ICMP
-            && dnat::published(cfg.snat_ip, e.nat_sport, key.proto).is_some()
+            && lookup::published(cfg.snat_ip, e.nat_sport, key.proto).is_some()
         {
             continue;
         }
-        let (rkey, r) = conntrack::reverse(key, &e);
-        if conntrack::claim(&rkey, &r, cfg, now) {
-            return conntrack::create_claimed(key, &e, &rkey);
+        let (rkey, r) = conntrack::reverse(key, e)?;
+        // SAFETY: `r` is this CPU's other scratch slot, just built.
+        if conntrack::claim(&rkey, unsafe { &*r }, cfg, now) {
+            return conntrack::create_claimed(key, e, &rkey);
         }
     }
     Err(DropReason::NatExhausted)

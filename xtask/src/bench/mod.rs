@@ -330,6 +330,27 @@ fn define(
     });
 }
 
+/// The CPU as precisely as the machine tells it: a VM's model name is often only the brand
+/// ("AMD EPYC", "Intel Xeon Processor"), so vendor, family, model and stepping follow, and
+/// whether it runs under a hypervisor. Stream rows differ between CPU generations by more
+/// than any datapath change, so a result names what it ran on.
+fn cpu_model(first: &dyn Fn(&str, &str) -> Option<String>) -> String {
+    let f = |k: &str| first("/proc/cpuinfo", k).unwrap_or_default();
+    let virt = if f("flags").split_whitespace().any(|x| x == "hypervisor") {
+        ", virtualized"
+    } else {
+        ""
+    };
+    format!(
+        "{}: {} family {} model {} stepping {}{virt}",
+        f("model name"),
+        f("vendor_id"),
+        f("cpu family"),
+        f("model\t"),
+        f("stepping")
+    )
+}
+
 fn machine_meta(report: &mut Report, args: &BenchArgs, plan: &Plan) {
     let first = |path: &str, key: &str| {
         std::fs::read_to_string(path).ok().and_then(|s| {
@@ -340,7 +361,7 @@ fn machine_meta(report: &mut Report, args: &BenchArgs, plan: &Plan) {
         })
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = first("/proc/cpuinfo", "model name").unwrap_or_default();
+    let cpu = cpu_model(&first);
     let mem = first("/proc/meminfo", "MemTotal").unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let ipt =

@@ -50,7 +50,33 @@ pub fn stats(v: &[f64]) -> Option<Stats> {
     })
 }
 
+/// A min–max spread wider than this share of the median makes a row noisy: differences between
+/// modes smaller than the spread prove nothing, and the report says so.
+pub const NOISY_SPREAD: f64 = 0.20;
+
+impl Stats {
+    /// (max − min) / median.
+    pub fn spread(&self) -> f64 {
+        if self.median == 0.0 {
+            0.0
+        } else {
+            (self.max - self.min) / self.median.abs()
+        }
+    }
+
+    pub fn noisy(&self) -> bool {
+        self.n > 1 && self.spread() > NOISY_SPREAD
+    }
+}
+
 impl Metric {
+    /// Whether any mode's samples spread over more than `NOISY_SPREAD` of their median.
+    pub fn noisy(&self) -> bool {
+        self.samples
+            .keys()
+            .any(|m| self.stats(*m).is_some_and(|st| st.noisy()))
+    }
+
     pub fn stats(&self, mode: Mode) -> Option<Stats> {
         self.samples.get(&mode).and_then(|v| stats(v))
     }
@@ -171,9 +197,10 @@ impl Report {
                 continue;
             }
             let better = if m.higher_is_better { "↑" } else { "↓" };
+            let flag = if m.noisy() { " ⚠" } else { "" };
             let _ = write!(
                 s,
-                "| {} | {} | {} {better} |",
+                "| {} | {}{flag} | {} {better} |",
                 m.workload.name(),
                 m.label,
                 m.unit
@@ -181,7 +208,8 @@ impl Report {
             for mode in modes {
                 let cell = match m.stats(*mode) {
                     Some(st) if st.n > 1 => {
-                        format!("{} ({}–{})", num(st.median), num(st.min), num(st.max))
+                        let mark = if st.noisy() { " ⚠" } else { "" };
+                        format!("{} ({}–{}){mark}", num(st.median), num(st.min), num(st.max))
                     }
                     Some(st) => num(st.median),
                     None if m.errors.contains_key(mode) => "failed".into(),
@@ -199,6 +227,14 @@ impl Report {
                 }
             }
             s.push('\n');
+        }
+        if self.metrics.iter().any(Metric::noisy) {
+            let _ = writeln!(
+                s,
+                "\n⚠ min–max spread over {:.0}% of the median (in the cells marked): the row's \
+                 differences between modes are within its noise and carry no claim.",
+                NOISY_SPREAD * 100.0
+            );
         }
         let notes: Vec<&Metric> = self.metrics.iter().filter(|m| m.note.is_some()).collect();
         if !notes.is_empty() {
@@ -237,6 +273,8 @@ impl Report {
                             "min": st.min,
                             "max": st.max,
                             "samples": v,
+                            "spread": st.spread(),
+                            "noisy": st.noisy(),
                             "ratio_to_baseline": m.ratio(*mode, Mode::Baseline),
                             "ratio_to_iptables": m.ratio(*mode, Mode::Iptables),
                         }),
@@ -252,6 +290,7 @@ impl Report {
                     "higher_is_better": m.higher_is_better,
                     "port_maps": m.scale,
                     "note": m.note,
+                    "noisy": m.noisy(),
                     "modes": modes,
                     "errors": errors,
                 })
@@ -404,5 +443,15 @@ mod tests {
         assert_eq!(num(0.1234), "0.123");
         assert_eq!(nice_ceiling(7300.0), 10000.0);
         assert_eq!(nice_ceiling(1800.0), 2000.0);
+    }
+
+    #[test]
+    fn spread_over_a_fifth_of_the_median_is_noisy() {
+        let quiet = stats(&[10.0, 10.0, 11.5]).unwrap();
+        assert!((quiet.spread() - 0.15).abs() < 1e-9);
+        assert!(!quiet.noisy());
+        let noisy = stats(&[10.0, 8.0, 12.5]).unwrap();
+        assert!(noisy.noisy());
+        assert!(!stats(&[5.0]).unwrap().noisy(), "one sample has no spread");
     }
 }
