@@ -83,6 +83,12 @@ pub fn new_entry(
     Ok(e)
 }
 
+/// The conntrack key of the packet as it is now (its tuple, both ends as `Packet` keys them).
+#[inline(always)]
+pub fn key_of(pkt: &Packet) -> CtKey {
+    make_key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
+}
+
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     TG_CT.get_ptr_mut(key)
@@ -117,6 +123,104 @@ pub fn lookup_live(key: &CtKey, cfg: &Config, now: u64) -> Option<*mut CtEntry> 
         None
     } else {
         Some(e)
+    }
+}
+
+/// The kind of flow an entry belongs to (the same for both halves).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// To a published port from outside or from the node: DNAT to the container.
+    PortMap,
+    /// From a container to a published port: DNAT, plus SNAT to its gateway when it calls
+    /// itself.
+    Hairpin,
+    /// From a container to the outside through the uplink: SNAT to the node's address.
+    Masq,
+    /// Tracked untranslated (routed to a container's IP, container to container or node).
+    Plain,
+}
+
+/// Which of its flow's two halves an entry is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    /// Keyed by the tuple of the packets that opened the flow.
+    Original,
+    /// Keyed by the tuple of the answers.
+    Reply,
+}
+
+/// A live entry and what it means.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub entry: *mut CtEntry,
+    pub kind: Kind,
+    pub half: Half,
+}
+
+impl Flow {
+    /// What entry `e` (from a lookup in this program run) means.
+    #[inline(always)]
+    pub fn of(e: *mut CtEntry) -> Self {
+        let f = flags(e);
+        let half = if f & CT_REPLY != 0 {
+            Half::Reply
+        } else {
+            Half::Original
+        };
+        // The rewrite bits swap between the halves (a DNAT's reply half SNATs back), so the
+        // kind is told by the bits both halves carry first.
+        let kind = if f & CT_HAIRPIN != 0 {
+            Kind::Hairpin
+        } else if f & CT_MASQ != 0 {
+            Kind::Masq
+        } else if f & (CT_DNAT | CT_SNAT) != 0 {
+            Kind::PortMap
+        } else {
+            Kind::Plain
+        };
+        Self {
+            entry: e,
+            kind,
+            half,
+        }
+    }
+
+    /// The container that owns the flow.
+    #[inline(always)]
+    pub fn owner(&self) -> u32 {
+        // SAFETY: `entry` came from a lookup in this program run.
+        unsafe { (*self.entry).endpoint_id }
+    }
+}
+
+/// What conntrack knows of a packet's tuple.
+pub enum Ct {
+    /// No live entry: the packet is new (or answers something the datapath never saw open).
+    New,
+    /// A live entry for the packet's direction.
+    Hit(Flow),
+    /// A live entry of a closing TCP connection hit by a fresh SYN: the tuple is being reused
+    /// by a new connection, which is judged and translated afresh (the mapping may have
+    /// changed since).
+    Reused(Flow),
+    /// A live entry facing the other way: an ICMP echo with identifier 0, whose request and
+    /// reply between the same two addresses have the same key.
+    Crossed(Flow),
+}
+
+/// Looks up the packet's tuple (`key`, from `key_of`) and says what its live entry means.
+#[inline(always)]
+pub fn classify(key: &CtKey, pkt: &Packet, cfg: &Config, now: u64) -> Ct {
+    let Some(e) = lookup_live(key, cfg, now) else {
+        return Ct::New;
+    };
+    let flow = Flow::of(e);
+    if !same_direction(e, pkt) {
+        Ct::Crossed(flow)
+    } else if reused(e, pkt) {
+        Ct::Reused(flow)
+    } else {
+        Ct::Hit(flow)
     }
 }
 
@@ -301,22 +405,15 @@ pub fn xlate(e: *mut CtEntry) -> Xlate {
 
 /// The entry's `CT_*` flags.
 #[inline(always)]
-pub fn flags(e: *mut CtEntry) -> u32 {
+fn flags(e: *mut CtEntry) -> u32 {
     // SAFETY: `e` came from a lookup in this program run.
     unsafe { (*e).flags }
-}
-
-/// The container that owns the entry's flow.
-#[inline(always)]
-pub fn endpoint_id(e: *mut CtEntry) -> u32 {
-    // SAFETY: `e` came from a lookup in this program run.
-    unsafe { (*e).endpoint_id }
 }
 
 /// A closing TCP entry hit by a fresh SYN: the tuple is being reused by a new connection,
 /// which is translated afresh (the mapping may have changed since).
 #[inline(always)]
-pub fn reused(e: *mut CtEntry, pkt: &Packet) -> bool {
+fn reused(e: *mut CtEntry, pkt: &Packet) -> bool {
     flags(e) & CT_CLOSING != 0 && pkt.proto == datapath_common::proto::TCP && pkt.opens_flow()
 }
 
@@ -325,7 +422,7 @@ pub fn reused(e: *mut CtEntry, pkt: &Packet) -> bool {
 /// identifier sits in the requester's port), except for identifier 0, where a request and a
 /// reply between the same two addresses have the same key.
 #[inline(always)]
-pub fn same_direction(e: *mut CtEntry, pkt: &Packet) -> bool {
+fn same_direction(e: *mut CtEntry, pkt: &Packet) -> bool {
     !pkt.is_icmp() || (flags(e) & CT_REPLY != 0) == (pkt.icmp_type == ICMP_ECHO_REPLY)
 }
 

@@ -5,11 +5,23 @@
 
 use core::mem::{align_of, size_of, MaybeUninit};
 
-/// A `T` with every byte zero. `T` must be plain data for which all-zero is a valid value
-/// (map keys and values, kernel parameter blocks), at least 4-byte aligned with a size that
-/// is a multiple of 4 (checked at compile time).
+/// Plain data for which all-zero bytes are a valid value.
+///
+/// # Safety
+/// Implement only for types made of integers (and arrays and unions of them) with no
+/// references, `bool`s, `char`s, enums or `NonZero*`s, where every all-zero bit pattern is
+/// valid.
+pub unsafe trait Zeroable: Copy {}
+
+// SAFETY: integers only.
+unsafe impl Zeroable for datapath_common::conntrack::CtKey {}
+// SAFETY: a kernel parameter block of integers, integer arrays and unions of them.
+unsafe impl Zeroable for aya_ebpf::bindings::bpf_fib_lookup {}
+
+/// A `T` with every byte zero (`T: Zeroable`), at least 4-byte aligned with a size that is a
+/// multiple of 4 (checked at compile time).
 #[inline(always)]
-pub fn zeroed<T: Copy>() -> T {
+pub fn zeroed<T: Zeroable>() -> T {
     const {
         assert!(align_of::<T>() >= 4 && size_of::<T>().is_multiple_of(4));
     }
@@ -21,6 +33,6 @@ pub fn zeroed<T: Copy>() -> T {
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }
-    // SAFETY: every byte was written, and all-zero is a valid `T` (the caller's contract).
+    // SAFETY: every byte was written, and all-zero is a valid `T` (`Zeroable`'s contract).
     unsafe { v.assume_init() }
 }

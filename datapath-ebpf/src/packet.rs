@@ -4,19 +4,35 @@
 //! Anything that does not parse is a `Skip`: the hook passes it untouched.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{conntrack::CtKey, drop::DropReason, proto};
+use datapath_common::{drop::DropReason, proto};
 
 use crate::verdict::Skip;
 
 pub const ETH_HLEN: usize = 14;
+/// Ethernet: destination MAC, source MAC, EtherType.
+pub const ETH_DST_OFF: usize = 0;
+pub const ETH_SRC_OFF: usize = 6;
+const ETH_PROTO_OFF: usize = 12;
 /// An IPv4 header without options.
 const IPV4_HLEN: usize = 20;
 const ETH_P_IP: u16 = 0x0800;
 /// Offsets of the IPv4 fields we rewrite, from the start of the frame.
 pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
-pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_CSUM_OFF: usize = ETH_HLEN + IPV4_CSUM_OFF;
 pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+/// IPv4 header checksum, from the start of an IPv4 header (a quoted one in an ICMP error).
+pub const IPV4_CSUM_OFF: usize = 10;
+/// L4 fields, from the start of the L4 header: ports (TCP, UDP), the ICMP echo identifier,
+/// TCP data offset and flags, checksums.
+pub const L4_SPORT_OFF: usize = 0;
+pub const L4_DPORT_OFF: usize = 2;
+pub const ICMP_ID_OFF: usize = 4;
+const TCP_DOFF_OFF: usize = 12;
+const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+pub const ICMP_CSUM_OFF: usize = 2;
 /// Fragment-offset bits of `frag_off` (host order); the top three bits are flags.
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
@@ -125,7 +141,7 @@ impl Packet {
         // SAFETY: every byte read below lies before `l4 + 20 <= end` (checked above).
         let (ethertype, ip) = unsafe {
             (
-                core::ptr::read_unaligned((data + 12) as *const u16),
+                core::ptr::read_unaligned((data + ETH_PROTO_OFF) as *const u16),
                 core::ptr::read_unaligned((data + ETH_HLEN) as *const Ipv4Hdr),
             )
         };
@@ -140,10 +156,10 @@ impl Packet {
         // SAFETY: as above.
         let (sport, dport, b12, b13) = unsafe {
             (
-                core::ptr::read_unaligned(l4 as *const u16),
-                core::ptr::read_unaligned((l4 + 2) as *const u16),
-                *((l4 + 12) as *const u8),
-                *((l4 + 13) as *const u8),
+                core::ptr::read_unaligned((l4 + L4_SPORT_OFF) as *const u16),
+                core::ptr::read_unaligned((l4 + L4_DPORT_OFF) as *const u16),
+                *((l4 + TCP_DOFF_OFF) as *const u8),
+                *((l4 + TCP_FLAGS_OFF) as *const u8),
             )
         };
         let (sport, dport, tcp_flags) = match ip.protocol {
@@ -166,7 +182,7 @@ impl Packet {
 
     #[inline(always)]
     fn parse_loaded(ctx: &TcContext) -> Result<Self, Skip> {
-        let ethertype: u16 = ctx.load(12).map_err(|_| Skip::Malformed)?;
+        let ethertype: u16 = ctx.load(ETH_PROTO_OFF).map_err(|_| Skip::Malformed)?;
         if u16::from_be(ethertype) != ETH_P_IP {
             return Err(Skip::NotIpv4);
         }
@@ -229,19 +245,13 @@ impl Packet {
         })
     }
 
-    /// The conntrack key of the packet as it is now.
-    #[inline(always)]
-    pub fn ct_key(&self) -> CtKey {
-        crate::conntrack::make_key(self.saddr, self.daddr, self.sport, self.dport, self.proto)
-    }
-
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         match self.proto {
-            proto::UDP => self.l4_off + 6,
-            proto::ICMP => self.l4_off + 2,
-            _ => self.l4_off + 16,
+            proto::UDP => self.l4_off + UDP_CSUM_OFF,
+            proto::ICMP => self.l4_off + ICMP_CSUM_OFF,
+            _ => self.l4_off + TCP_CSUM_OFF,
         }
     }
 
@@ -323,13 +333,13 @@ pub fn ipv4_header(ctx: &TcContext) -> Result<Option<Ipv4Hdr>, Skip> {
         // SAFETY: the Ethernet and IPv4 headers lie inside the linear data (checked above).
         let (ethertype, ip) = unsafe {
             (
-                core::ptr::read_unaligned((data + 12) as *const u16),
+                core::ptr::read_unaligned((data + ETH_PROTO_OFF) as *const u16),
                 core::ptr::read_unaligned((data + ETH_HLEN) as *const Ipv4Hdr),
             )
         };
         return Ok((u16::from_be(ethertype) == ETH_P_IP).then_some(ip));
     }
-    let ethertype: u16 = ctx.load(12).map_err(|_| Skip::Malformed)?;
+    let ethertype: u16 = ctx.load(ETH_PROTO_OFF).map_err(|_| Skip::Malformed)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return Ok(None);
     }

@@ -26,7 +26,7 @@ use crate::{
     lookup,
     maps::TG_EP_L2,
     mem,
-    packet::{self, Packet, IP_TTL_OFF},
+    packet::{self, Packet, ETH_DST_OFF, ETH_SRC_OFF, IP_TTL_OFF},
     ratelimit::{self, Way},
     verdict::{self, Dir},
 };
@@ -38,10 +38,12 @@ const AF_INET: u8 = 2;
 /// egress of `ifindex`. (Its new source is the caller's gateway, a node address.)
 #[inline(always)]
 pub fn back_to_container(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
-    let dst: [u8; 6] = ctx.load(0).map_err(|_| DropReason::Internal)?;
-    let src: [u8; 6] = ctx.load(6).map_err(|_| DropReason::Internal)?;
-    ctx.store(0, &src, 0).map_err(|_| DropReason::Internal)?;
-    ctx.store(6, &dst, 0).map_err(|_| DropReason::Internal)?;
+    let dst: [u8; 6] = ctx.load(ETH_DST_OFF).map_err(|_| DropReason::Internal)?;
+    let src: [u8; 6] = ctx.load(ETH_SRC_OFF).map_err(|_| DropReason::Internal)?;
+    ctx.store(ETH_DST_OFF, &src, 0)
+        .map_err(|_| DropReason::Internal)?;
+    ctx.store(ETH_SRC_OFF, &dst, 0)
+        .map_err(|_| DropReason::Internal)?;
     // SAFETY: plain helper call; flags 0 = egress.
     let action = unsafe { bpf_redirect(ifindex, 0) };
     if action == i64::from(TC_ACT_REDIRECT) {
@@ -75,7 +77,7 @@ pub fn forward(
     if pkt.ttl > 1 {
         if let Some((ifindex, macs)) = flow.and_then(|e| cached_hop(e, now)) {
             decrement_ttl(ctx, pkt)?;
-            packet::write(ctx, 0, &macs)?;
+            packet::write(ctx, ETH_DST_OFF, &macs)?;
             // SAFETY: plain helper call; flags 0 = egress of the cached route's device.
             return redirected(unsafe { bpf_redirect(ifindex, 0) }, CNT_REDIRECT_NEIGH);
         }
@@ -94,7 +96,7 @@ pub fn forward(
         if let Some(e) = flow {
             remember_hop(e, p.ifindex, &macs, now);
         }
-        packet::write(ctx, 0, &macs)?;
+        packet::write(ctx, ETH_DST_OFF, &macs)?;
         // SAFETY: plain helper call; flags 0 = egress of the route's device.
         unsafe { bpf_redirect(p.ifindex, 0) }
     } else {
@@ -219,7 +221,7 @@ fn deliver(
     // owner), as `to_container` would.
     ratelimit::police(id, Way::Ingress, ctx.len())?;
     decrement_ttl(ctx, pkt)?;
-    packet::write(ctx, 0, macs)?;
+    packet::write(ctx, ETH_DST_OFF, macs)?;
     // SAFETY: plain helper call; `host_ifindex` is the host side of the container's veth pair.
     redirected(
         unsafe { bpf_redirect_peer(host_ifindex, 0) },

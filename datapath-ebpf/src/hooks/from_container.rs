@@ -37,7 +37,7 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use datapath_common::{
     config::Config,
-    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SNAT},
+    conntrack::{CtEntry, CtKey, CT_HAIRPIN},
     drop::DropReason,
     endpoint::Endpoint,
     portmap::PortValue,
@@ -45,8 +45,8 @@ use datapath_common::{
 };
 
 use crate::{
-    config, conntrack,
-    conntrack::Hit,
+    config,
+    conntrack::{self, Ct, Flow, Half, Hit, Kind},
     lookup,
     nat::{self, dnat, icmp, snat},
     packet::{self, Packet},
@@ -90,18 +90,32 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
         // Its source is now a node address: the stack would drop it as a martian.
         return Ok(redirect::forward(ctx, &pkt, None, now)?);
     }
-    let key = pkt.ct_key();
-    let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
-        Some(e) if usable(e, &pkt) => {
-            let counter = hit_counter(conntrack::flags(e));
-            (e, conntrack::other_half(&key, e, &pkt, &cfg, now)?, counter)
-        }
+    let key = conntrack::key_of(&pkt);
+    let (f, other, counter) = match conntrack::classify(&key, &pkt, &cfg, now) {
+        // Reply halves carry the container's answers even to a fresh SYN; its own flows'
+        // original halves unless a fresh SYN reuses a closing tuple.
+        Ct::Hit(f)
+        | Ct::Reused(
+            f @ Flow {
+                half: Half::Reply, ..
+            },
+        ) if !(f.kind == Kind::PortMap && f.half == Half::Original) => (
+            f,
+            conntrack::other_half(&key, f.entry, &pkt, &cfg, now)?,
+            hit_counter(&f),
+        ),
         // The original half of an uplink flow: only a packet spoofing the client matches it.
-        Some(e) if conntrack::flags(e) & (CT_REPLY | CT_HAIRPIN | CT_DNAT) == CT_DNAT => {
+        Ct::Hit(f) | Ct::Reused(f) | Ct::Crossed(f)
+            if f.kind == Kind::PortMap && f.half == Half::Original =>
+        {
             return Err(Skip::NotOurs.into());
         }
-        _ => new_flow(ctx, &pkt, &key, ep, &cfg, now)?,
+        _ => {
+            let (e, other, counter) = new_flow(ctx, &pkt, &key, ep, &cfg, now)?;
+            (Flow::of(e), other, counter)
+        }
     };
+    let e = f.entry;
     let entry = conntrack::xlate(e);
     nat::apply(ctx, &mut pkt, &entry)?;
     conntrack::touch(e, other, &pkt, ctx.len(), now);
@@ -111,9 +125,13 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     if entry.redirect_ifindex != 0 {
         return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
     }
-    let reply_snat = entry.flags & (CT_REPLY | CT_SNAT) == (CT_REPLY | CT_SNAT);
-    let masq_orig = entry.flags & (CT_REPLY | CT_MASQ) == CT_MASQ;
-    if reply_snat || masq_orig {
+    // A port map's or hairpin's reply and a masqueraded flow's packets leave with a node
+    // address as their source.
+    let node_source = matches!(
+        (f.kind, f.half),
+        (Kind::PortMap | Kind::Hairpin, Half::Reply) | (Kind::Masq, Half::Original)
+    );
+    if node_source {
         // Its source is now a node address: the stack would drop it as a martian.
         return Ok(redirect::forward(ctx, &pkt, Some(e), now)?);
     }
@@ -126,39 +144,14 @@ fn endpoint_of(ctx: &TcContext) -> Option<Endpoint> {
     lookup::endpoint_by_ifindex(ifindex(ctx))
 }
 
-/// Whether a live entry hit by a container's packet carries it: reply halves always; original
-/// halves of flows the container opened (hairpin, masquerade, plain) unless a fresh SYN
-/// reuses a closing tuple (then the flow is judged and translated afresh).
-#[inline(always)]
-fn usable(e: *mut CtEntry, pkt: &Packet) -> bool {
-    let f = conntrack::flags(e);
-    if !conntrack::same_direction(e, pkt) {
-        return false;
-    }
-    if f & CT_REPLY != 0 {
-        return true;
-    }
-    if f & (CT_HAIRPIN | CT_DNAT) == CT_DNAT {
-        return false;
-    }
-    !conntrack::reused(e, pkt)
-}
-
 /// The counter bumped per packet of a flow hit with these flags.
 #[inline(always)]
-fn hit_counter(flags: u32) -> Option<u32> {
-    if flags & CT_REPLY != 0 {
-        if flags & CT_SNAT != 0 {
-            Some(CNT_REVNAT)
-        } else {
-            None
-        }
-    } else if flags & CT_HAIRPIN != 0 {
-        Some(CNT_DNAT_HAIRPIN)
-    } else if flags & CT_MASQ != 0 {
-        Some(CNT_SNAT)
-    } else {
-        None
+fn hit_counter(f: &Flow) -> Option<u32> {
+    match (f.kind, f.half) {
+        (Kind::PortMap | Kind::Hairpin, Half::Reply) => Some(CNT_REVNAT),
+        (Kind::Hairpin, Half::Original) => Some(CNT_DNAT_HAIRPIN),
+        (Kind::Masq, Half::Original) => Some(CNT_SNAT),
+        _ => None,
     }
 }
 

@@ -16,13 +16,13 @@
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use datapath_common::{
-    conntrack::{CtEntry, CtKey, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SNAT},
+    conntrack::CtKey,
     stats::{CNT_DNAT_UPLINK, CNT_REVSNAT},
 };
 
 use crate::{
-    config, conntrack,
-    conntrack::Hit,
+    config,
+    conntrack::{self, Ct, Flow, Half, Hit, Kind},
     lookup,
     nat::{self, dnat, icmp},
     packet::Packet,
@@ -49,19 +49,22 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         icmp::rev_error(ctx, &pkt, &cfg, now, owner)?;
         return Ok(TC_ACT_OK);
     }
-    let key = pkt.ct_key();
-    let (e, other, counter) = match conntrack::lookup_live(&key, &cfg, now) {
-        Some(e) if usable(e, &pkt) => {
-            *owner = conntrack::endpoint_id(e);
-            let counter = hit_counter(conntrack::flags(e));
-            (e, conntrack::other_half(&key, e, &pkt, &cfg, now)?, counter)
+    let key = conntrack::key_of(&pkt);
+    let (e, other, counter) = match conntrack::classify(&key, &pkt, &cfg, now) {
+        Ct::Hit(f) if carries(&f) => {
+            *owner = f.owner();
+            (
+                f.entry,
+                conntrack::other_half(&key, f.entry, &pkt, &cfg, now)?,
+                hit_counter(&f),
+            )
         }
         // A tuple that hits a port map's reply half, a hairpin entry or a masqueraded flow's
         // original half came in with a container's source address: not ours to touch.
-        Some(e) if !conntrack::reused(e, &pkt) => return Err(Skip::NotOurs.into()),
+        Ct::Hit(_) | Ct::Crossed(_) => return Err(Skip::NotOurs.into()),
         // A miss (or a reused tuple) on any packet, not only a SYN: a flow whose entries were
         // lost keeps working, its entries are recreated from the port map.
-        _ => new_flow(ctx, &pkt, &key, now, owner)?,
+        Ct::New | Ct::Reused(_) => new_flow(ctx, &pkt, &key, now, owner)?,
     };
     let entry = conntrack::xlate(e);
     nat::apply(ctx, &mut pkt, &entry)?;
@@ -81,29 +84,22 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
 
 /// Whether a live entry hit from outside carries the packet: a port map's or a routed
 /// inbound flow's original half, a masqueraded flow's reply half, or the reply half of a
-/// container's untranslated flow; none of them when a fresh SYN reuses a closing tuple.
+/// container's untranslated flow.
 #[inline(always)]
-fn usable(e: *mut CtEntry, pkt: &Packet) -> bool {
-    let f = conntrack::flags(e);
-    let ok = if f & CT_HAIRPIN != 0 {
-        false
-    } else if f & CT_REPLY != 0 {
-        f & CT_MASQ != 0 || f & (CT_SNAT | CT_DNAT) == 0
-    } else {
-        f & CT_MASQ == 0
-    };
-    ok && conntrack::same_direction(e, pkt) && !conntrack::reused(e, pkt)
+fn carries(f: &Flow) -> bool {
+    matches!(
+        (f.kind, f.half),
+        (Kind::PortMap | Kind::Plain, Half::Original) | (Kind::Masq | Kind::Plain, Half::Reply)
+    )
 }
 
-/// The counter bumped per packet of a flow hit with these flags.
+/// The counter bumped per packet of a flow it carries.
 #[inline(always)]
-fn hit_counter(flags: u32) -> Option<u32> {
-    if flags & CT_MASQ != 0 {
-        Some(CNT_REVSNAT)
-    } else if flags & CT_DNAT != 0 {
-        Some(CNT_DNAT_UPLINK)
-    } else {
-        None
+fn hit_counter(f: &Flow) -> Option<u32> {
+    match f.kind {
+        Kind::Masq => Some(CNT_REVSNAT),
+        Kind::PortMap => Some(CNT_DNAT_UPLINK),
+        Kind::Hairpin | Kind::Plain => None,
     }
 }
 

@@ -38,7 +38,10 @@ use datapath_common::{
 use crate::{
     conntrack::{self, Xlate},
     nat::End,
-    packet::{Ipv4Hdr, Packet, ICMP_ECHO, ICMP_HLEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
+    packet::{
+        Ipv4Hdr, Packet, ICMP_CSUM_OFF, ICMP_ECHO, ICMP_HLEN, ICMP_ID_OFF, IPV4_CSUM_OFF,
+        IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+    },
     verdict::{self, Skip, Stop},
 };
 
@@ -145,7 +148,9 @@ fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
             if hdr[0] != ICMP_ECHO {
                 return Err(Skip::NotOurs);
             }
-            let id: u16 = ctx.load(l4_off + 4).map_err(|_| Skip::Malformed)?;
+            let id: u16 = ctx
+                .load(l4_off + ICMP_ID_OFF)
+                .map_err(|_| Skip::Malformed)?;
             (id, 0)
         }
         _ => return Err(Skip::NotOurs),
@@ -200,7 +205,7 @@ fn inner_rewrite(
     };
     let (old_ip, new_ip) = (u32::from_be(old_ip), u32::from_be(ip));
     let (old_port, new_port) = (u16::from_be(old_port), u16::from_be(port));
-    let icmp_csum_off = pkt.l4_off + 2;
+    let icmp_csum_off = pkt.l4_off + ICMP_CSUM_OFF;
     let mut icmp = load16(ctx, icmp_csum_off)?;
 
     // Inner address, and the inner IPv4 checksum that covers it.
@@ -211,17 +216,21 @@ fn inner_rewrite(
     )
     .map_err(|_| DropReason::Internal)?;
     icmp = csum::update32(icmp, old_ip, new_ip);
-    let ip_csum = load16(ctx, inner.ip_off + 10)?;
+    let ip_csum = load16(ctx, inner.ip_off + IPV4_CSUM_OFF)?;
     let new_ip_csum = csum::update32(ip_csum, old_ip, new_ip);
-    store16(ctx, inner.ip_off + 10, new_ip_csum)?;
+    store16(ctx, inner.ip_off + IPV4_CSUM_OFF, new_ip_csum)?;
     icmp = csum::update16(icmp, ip_csum, new_ip_csum);
 
     // Inner port (echo: identifier), then the inner L4 checksum if it was quoted (UDP's
     // always is, within the 8 bytes; TCP's only when the quote is longer).
     let (port_off, l4_csum_off, pseudo) = match inner.proto {
-        proto::TCP => (inner.l4_off + port_off, inner.l4_off + 16, true),
-        proto::UDP => (inner.l4_off + port_off, inner.l4_off + 6, true),
-        _ => (inner.l4_off + 4, inner.l4_off + 2, false),
+        proto::TCP => (inner.l4_off + port_off, inner.l4_off + TCP_CSUM_OFF, true),
+        proto::UDP => (inner.l4_off + port_off, inner.l4_off + UDP_CSUM_OFF, true),
+        _ => (
+            inner.l4_off + ICMP_ID_OFF,
+            inner.l4_off + ICMP_CSUM_OFF,
+            false,
+        ),
     };
     store16(ctx, port_off, new_port)?;
     icmp = csum::update16(icmp, old_port, new_port);

@@ -18,7 +18,7 @@ use datapath_common::csum;
 
 use crate::{
     conntrack::Xlate,
-    packet::{self, Packet, IP_CSUM_OFF},
+    packet::{self, Packet, ICMP_ID_OFF, IP_CSUM_OFF, L4_DPORT_OFF, L4_SPORT_OFF},
 };
 
 /// Which end of the packet a rewrite changes.
@@ -45,11 +45,11 @@ fn rewrite(
 ) -> Result<(), DropReason> {
     let icmp = pkt.is_icmp();
     let (mut port_off, old_ip, old_port) = match end {
-        End::Src => (pkt.l4_off, pkt.saddr, pkt.sport),
-        End::Dst => (pkt.l4_off + 2, pkt.daddr, pkt.dport),
+        End::Src => (pkt.l4_off + L4_SPORT_OFF, pkt.saddr, pkt.sport),
+        End::Dst => (pkt.l4_off + L4_DPORT_OFF, pkt.daddr, pkt.dport),
     };
     if icmp {
-        port_off = pkt.l4_off + 4;
+        port_off = pkt.l4_off + ICMP_ID_OFF;
     }
     let csum_off = pkt.l4_csum_off();
     let mangled0 = if pkt.is_udp() {
