@@ -32,6 +32,45 @@ pub const CT_MASQ: u32 = 32;
 /// A packet was seen in the reply direction (TCP: the handshake completed).
 pub const CT_SEEN_REPLY: u32 = 64;
 
+/// Each `CT_*` bit with the name the agent shows for it (`conntrack list`).
+pub const FLAG_NAMES: [(u32, &str); 7] = [
+    (CT_DNAT, "dnat"),
+    (CT_SNAT, "snat"),
+    (CT_REPLY, "reply"),
+    (CT_HAIRPIN, "hairpin"),
+    (CT_CLOSING, "closing"),
+    (CT_MASQ, "masq"),
+    (CT_SEEN_REPLY, "seen_reply"),
+];
+
+/// Which idle timeout (`Config.ct_*_s`) applies to an entry: the datapath treats an entry idle
+/// for longer as absent, and the agent's GC removes it by the same rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// TCP after a FIN or RST (`CT_CLOSING`).
+    TcpClose,
+    /// TCP not yet answered (`CT_SEEN_REPLY` unset).
+    TcpSyn,
+    TcpEstablished,
+    Udp,
+    /// ICMP echo.
+    Icmp,
+}
+
+impl Timeout {
+    /// The timeout of an entry with `flags` in a flow of protocol `proto`.
+    #[inline(always)]
+    pub const fn of(flags: u32, proto: u8) -> Self {
+        match proto {
+            crate::proto::TCP if flags & CT_CLOSING != 0 => Timeout::TcpClose,
+            crate::proto::TCP if flags & CT_SEEN_REPLY == 0 => Timeout::TcpSyn,
+            crate::proto::TCP => Timeout::TcpEstablished,
+            crate::proto::UDP => Timeout::Udp,
+            _ => Timeout::Icmp,
+        }
+    }
+}
+
 // ICMP echo flows carry the echo identifier in the port of the end that sent the request: a
 // request is keyed `sport = id, dport = 0`, a reply `sport = 0, dport = id`, so the two halves
 // swap like TCP/UDP ones and a ping each way between two addresses with the same identifier
@@ -79,6 +118,18 @@ crate::impl_pod!(CtKey, CtEntry);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timeouts_follow_the_tcp_state() {
+        use super::{Timeout, CT_CLOSING, CT_REPLY, CT_SEEN_REPLY};
+        use crate::proto::{ICMP, TCP, UDP};
+        assert_eq!(Timeout::of(0, TCP), Timeout::TcpSyn);
+        assert_eq!(Timeout::of(CT_REPLY, TCP), Timeout::TcpSyn);
+        assert_eq!(Timeout::of(CT_SEEN_REPLY, TCP), Timeout::TcpEstablished);
+        assert_eq!(Timeout::of(CT_SEEN_REPLY | CT_CLOSING, TCP), Timeout::TcpClose);
+        assert_eq!(Timeout::of(CT_CLOSING, UDP), Timeout::Udp);
+        assert_eq!(Timeout::of(0, ICMP), Timeout::Icmp);
+    }
+
     #[test]
     fn layout() {
         assert_eq!(core::mem::size_of::<super::CtKey>(), 16);

@@ -19,10 +19,10 @@ use aya_ebpf::{
 use datapath_common::{
     config::Config,
     conntrack::{
-        CtEntry, CtKey, CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SEEN_REPLY, CT_SNAT,
+        CtEntry, CtKey, Timeout, CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SEEN_REPLY,
+        CT_SNAT,
     },
     drop::DropReason,
-    proto,
     stats::CNT_CT_CREATED,
 };
 
@@ -97,12 +97,12 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
 /// Idle timeout of entry `e` of a `proto` flow, in nanoseconds.
 #[inline(always)]
 fn timeout_ns(flags: u32, proto: u8, cfg: &Config) -> u64 {
-    let s = match proto {
-        proto::TCP if flags & CT_CLOSING != 0 => config::tcp_close_s(cfg),
-        proto::TCP if flags & CT_SEEN_REPLY == 0 => config::tcp_syn_s(cfg),
-        proto::TCP => config::tcp_est_s(cfg),
-        proto::UDP => config::udp_s(cfg),
-        _ => config::icmp_s(cfg),
+    let s = match Timeout::of(flags, proto) {
+        Timeout::TcpClose => config::tcp_close_s(cfg),
+        Timeout::TcpSyn => config::tcp_syn_s(cfg),
+        Timeout::TcpEstablished => config::tcp_est_s(cfg),
+        Timeout::Udp => config::udp_s(cfg),
+        Timeout::Icmp => config::icmp_s(cfg),
     };
     u64::from(s) * 1_000_000_000
 }
