@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(Timeout::of(0, TCP), Timeout::TcpSyn);
         assert_eq!(Timeout::of(CT_REPLY, TCP), Timeout::TcpSyn);
         assert_eq!(Timeout::of(CT_SEEN_REPLY, TCP), Timeout::TcpEstablished);
-        assert_eq!(Timeout::of(CT_SEEN_REPLY | CT_CLOSING, TCP), Timeout::TcpClose);
+        assert_eq!(
+            Timeout::of(CT_SEEN_REPLY | CT_CLOSING, TCP),
+            Timeout::TcpClose
+        );
         assert_eq!(Timeout::of(CT_CLOSING, UDP), Timeout::Udp);
         assert_eq!(Timeout::of(0, ICMP), Timeout::Icmp);
     }
