@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "tcpdump",
     "procps",
+    // tests/tests/api.rs drives the API with `curl --unix-socket`.
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

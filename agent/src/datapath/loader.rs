@@ -152,7 +152,7 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     }
     if upgrade {
         // Existing links (from an older object) now run the new programs.
-        super::attach::update_links(pins, &tc, &sock)?;
+        super::attach::update_links(pins, &mut tc, &sock)?;
         let _ = std::fs::remove_dir_all(pins.stamp_dir());
         std::fs::create_dir_all(&stamp).context("recording the object id in bpffs")?;
         info!(object = %id, "datapath programs loaded and pinned");

@@ -8,7 +8,7 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use crate::ports::Proto;
+use crate::model::Proto;
 
 /// True when `ip:port` (every address when None) cannot be bound for `proto` because a socket
 /// holds it: a TCP listener (SO_REUSEADDR, as servers use, so TIME_WAIT leftovers do not
