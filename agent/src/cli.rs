@@ -165,6 +165,10 @@ pub enum ContainerCmd {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::doc_markdown,
+    reason = "the docs are the --help text, where specs read better without backticks"
+)]
 pub enum PortCmd {
     /// Publish ports: [HOST_IP:][HOST_PORT[-END]]:CONTAINER_PORT[-END][/tcp|/udp]; several specs are applied as one batch. Prints the host port(s).
     Add {

@@ -77,6 +77,10 @@ impl Drop for Sandbox {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the demo is one script, read top to bottom"
+)]
 pub fn run(a: &DemoArgs) -> Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -141,7 +145,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
                 .stdin(Stdio::null())
                 .spawn()?,
         );
-        let host_port = 8080 + i as u16;
+        let host_port = 8080 + u16::try_from(i)?;
         let _: Vec<api::PortMapInfo> = client.post(
             &path(paths::CONTAINER_PORTS, &name),
             &api::PortsAdd {
@@ -177,10 +181,10 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let total: u32 = ok.iter().sum();
-    if total != a.requests * published.len() as u32 {
+    let want = a.requests * u32::try_from(published.len())?;
+    if total != want {
         bail!(
-            "only {total} of {} requests succeeded (daemon log: {})",
-            a.requests * published.len() as u32,
+            "only {total} of {want} requests succeeded (daemon log: {})",
             sb.dir.join("daemon.log").display()
         );
     }

@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use super::types::ErrorBody;
 
 /// Large batches (thousands of port maps) take a while; never hang forever.
-const TIMEOUT: Duration = Duration::from_secs(300);
+const TIMEOUT: Duration = Duration::from_mins(5);
 
 /// An error answer of the daemon: its status and message.
 #[derive(Debug)]

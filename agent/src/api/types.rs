@@ -48,12 +48,13 @@ pub fn link_path(from: &str, to: &str) -> String {
 /// Percent-encodes everything but unreserved characters (container names are already
 /// restricted to those, but a name given by a user may not be valid).
 fn encode(s: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

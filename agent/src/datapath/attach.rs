@@ -1,5 +1,5 @@
 //! Attach points: TCX ingress on the uplink and on each container's host veth, and the cgroup
-//! v2 root for the socket hooks. Every attachment is a bpf_link pinned under `links/`, so it
+//! v2 root for the socket hooks. Every attachment is a `bpf_link` pinned under `links/`, so it
 //! outlives the daemon; removing the pin (and the last fd) detaches it.
 
 use std::{
@@ -99,7 +99,7 @@ pub fn attach_sock(pins: &Pins, progs: &mut BTreeMap<&'static str, CgroupSockAdd
 }
 
 /// Points every pinned link at the freshly loaded program of the same name
-/// (BPF_LINK_UPDATE swaps the program atomically).
+/// (`BPF_LINK_UPDATE` swaps the program atomically).
 pub fn update_links(
     pins: &Pins,
     tc: &mut BTreeMap<&'static str, SchedClassifier>,
@@ -140,7 +140,7 @@ pub fn update_links(
     Ok(())
 }
 
-/// BPF_LINK_UPDATE (see `update_links` for why it is not aya's).
+/// `BPF_LINK_UPDATE` (see `update_links` for why it is not aya's).
 fn link_update(link_fd: i32, prog_fd: i32) -> std::io::Result<()> {
     #[repr(C)]
     struct LinkUpdateAttr {
@@ -171,7 +171,7 @@ fn link_update(link_fd: i32, prog_fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// BPF_OBJ_GET: opens a pinned object as a plain fd (aya's `PinnedLink` keeps its fd private,
+/// `BPF_OBJ_GET`: opens a pinned object as a plain fd (aya's `PinnedLink` keeps its fd private,
 /// and the cgroup link update above needs it).
 fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;

@@ -293,12 +293,12 @@ impl Datapath for KernelDatapath {
         let tc = self.loaded.tc.iter().map(|(name, p)| ProgramInfo {
             name: (*name).to_string(),
             kind: "tc",
-            id: p.info().map(|i| i.id()).unwrap_or(0),
+            id: p.info().map_or(0, |i| i.id()),
         });
         let sock = self.loaded.sock.iter().map(|(name, p)| ProgramInfo {
             name: (*name).to_string(),
             kind: "cgroup_sock_addr",
-            id: p.info().map(|i| i.id()).unwrap_or(0),
+            id: p.info().map_or(0, |i| i.id()),
         });
         tc.chain(sock).collect()
     }

@@ -5,7 +5,7 @@
 //! instead of creating a map) and the pinned programs, so neither conntrack nor the attached
 //! datapath is disturbed. When the embedded object differs from the one that was pinned (an
 //! upgrade), the new programs replace the old ones inside the existing links atomically
-//! (BPF_LINK_UPDATE): traffic never sees a moment without a program.
+//! (`BPF_LINK_UPDATE`): traffic never sees a moment without a program.
 
 use std::{
     collections::BTreeMap,

@@ -45,7 +45,7 @@ pub struct Tables {
 #[derive(Default)]
 pub struct MemoryDatapath {
     pub t: Tables,
-    /// Writes of this name fail (e.g. "plumb", "set_portmap").
+    /// Writes of this name fail (e.g. `"plumb"`, `"set_portmap"`).
     pub fail_op: Option<&'static str>,
     /// The write with this sequence number fails (see `writes`).
     pub fail_at: Option<usize>,

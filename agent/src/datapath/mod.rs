@@ -101,7 +101,7 @@ pub const PROG_FROM_UPLINK: &str = "from_uplink";
 pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 
-/// cgroup sock_addr programs with their attach types.
+/// cgroup `sock_addr` programs with their attach types.
 pub const SOCK_PROGS: &[(&str, aya::programs::CgroupSockAddrAttachType)] = {
     use aya::programs::CgroupSockAddrAttachType as T;
     &[

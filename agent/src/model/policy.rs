@@ -210,7 +210,7 @@ pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
             );
         }
         let mut chain = PolicyChain {
-            len: covering.len() as u32,
+            len: u32::try_from(covering.len()).unwrap_or(u32::MAX),
             ..Default::default()
         };
         for (slot, r) in chain.rules.iter_mut().zip(&covering) {
@@ -218,7 +218,7 @@ pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
             *slot = PolicyRule {
                 port_lo: lo,
                 port_hi: hi,
-                proto: r.m.proto.map(RuleProto::number).unwrap_or(0),
+                proto: r.m.proto.map_or(0, RuleProto::number),
                 action: if r.action == Action::Allow {
                     POLICY_ALLOW
                 } else {

@@ -93,25 +93,22 @@ fn parse_port(s: &str) -> Result<u16> {
     let n: u32 = s
         .parse()
         .map_err(|_| anyhow!("{s:?} is not a port number"))?;
-    if n == 0 || n > 65535 {
-        bail!("port {n} is out of range (1-65535)");
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => bail!("port {n} is out of range (1-65535)"),
     }
-    Ok(n as u16)
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>> {
-    match s.split_once('-') {
-        Some((a, b)) => {
-            let (a, b) = (parse_port(a)?, parse_port(b)?);
-            if b < a {
-                bail!("port range {s} ends before it starts");
-            }
-            Ok(a..=b)
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b) = (parse_port(a)?, parse_port(b)?);
+        if b < a {
+            bail!("port range {s} ends before it starts");
         }
-        None => {
-            let p = parse_port(s)?;
-            Ok(p..=p)
-        }
+        Ok(a..=b)
+    } else {
+        let p = parse_port(s)?;
+        Ok(p..=p)
     }
 }
 

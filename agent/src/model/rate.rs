@@ -61,7 +61,13 @@ pub fn parse_rate(s: &str) -> Result<u64> {
     if !(8.0..=1e12).contains(&bits) {
         bail!("rate {s:?} is out of range (8bit to 1tbit)");
     }
-    Ok(bits as u64)
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "8 <= bits <= 1e12, checked just above; the fraction of a bit goes"
+    )]
+    let bits = bits as u64;
+    Ok(bits)
 }
 
 /// Parses a size: `64kb`, `1mb`, `1500b`, `2m` (k = 1024, as tc does).
@@ -128,6 +134,10 @@ pub fn check_size(bytes: u64) -> Result<u64> {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a rate printed with two decimals needs far fewer than 52 bits"
+        )]
         let r = self.0 as f64;
         for (d, u) in [(1e9, "gbit"), (1e6, "mbit"), (1e3, "kbit")] {
             if r >= d {

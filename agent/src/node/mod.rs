@@ -139,8 +139,38 @@ impl<D: Datapath, S: Store> Node<D, S> {
             ct: s.ct,
         };
         self.dp.setup_node(&setup).await?;
+        self.sync_locals()?;
+        self.restore_containers().await?;
+        tx::sync_portmaps(&mut self.dp, &self.state)?;
+        let ids: HashSet<u32> = self.state.containers.values().map(|c| c.id).collect();
+        for (id, net) in self.dp.chains()? {
+            if !ids.contains(&id) {
+                self.dp.remove_chain(id, net)?;
+            }
+        }
+        let all: Vec<(u32, String)> = self
+            .state
+            .containers
+            .values()
+            .map(|c| (c.id, c.name.clone()))
+            .collect();
+        for (id, name) in &all {
+            tx::sync_policy(&mut self.dp, &self.state, *id, name)?;
+            tx::sync_limit(&mut self.dp, &self.state, *id, name)?;
+        }
+        tx::sync_links(&mut self.dp, &self.state)?;
+        // Last: socket hooks act only once every map they read is filled.
+        self.dp.attach_socket_hooks()?;
+        info!(
+            containers = self.state.containers.len(),
+            port_maps = self.state.all_ports().count(),
+            "state applied"
+        );
+        Ok(())
+    }
 
-        // Node addresses: the uplink's, loopback's, and every gateway (added per container).
+    /// Node addresses: the uplink's, loopback's, and every gateway (added per container).
+    fn sync_locals(&mut self) -> Result<()> {
         let wanted: Vec<(Ipv4Addr, u32)> = self
             .uplink
             .ips
@@ -158,7 +188,12 @@ impl<D: Datapath, S: Store> Node<D, S> {
         for (ip, f) in &wanted {
             self.dp.add_local(*ip, *f)?;
         }
+        Ok(())
+    }
 
+    /// Plumbs again what vanished (veths, namespaces tollgate owns), fills every container's
+    /// endpoint and hooks, and removes endpoints no container has.
+    async fn restore_containers(&mut self) -> Result<()> {
         let mut changed = false;
         let names: Vec<String> = self.state.containers.keys().cloned().collect();
         for name in names {
@@ -210,31 +245,6 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 .context("saving state")
                 .kind(Kind::Unavailable)?;
         }
-        tx::sync_portmaps(&mut self.dp, &self.state)?;
-        let ids: HashSet<u32> = self.state.containers.values().map(|c| c.id).collect();
-        for (id, net) in self.dp.chains()? {
-            if !ids.contains(&id) {
-                self.dp.remove_chain(id, net)?;
-            }
-        }
-        let all: Vec<(u32, String)> = self
-            .state
-            .containers
-            .values()
-            .map(|c| (c.id, c.name.clone()))
-            .collect();
-        for (id, name) in &all {
-            tx::sync_policy(&mut self.dp, &self.state, *id, name)?;
-            tx::sync_limit(&mut self.dp, &self.state, *id, name)?;
-        }
-        tx::sync_links(&mut self.dp, &self.state)?;
-        // Last: socket hooks act only once every map they read is filled.
-        self.dp.attach_socket_hooks()?;
-        info!(
-            containers = self.state.containers.len(),
-            port_maps = self.state.all_ports().count(),
-            "state applied"
-        );
         Ok(())
     }
 
@@ -273,23 +283,20 @@ impl<D: Datapath, S: Store> Node<D, S> {
             }
             None => self.settings.pool.allocate(&used).kind(Kind::Conflict)?,
         };
-        let netns = match &req.netns {
-            Some(p) => {
-                if !self.dp.netns_exists(p) {
-                    fail!(BadInput, "network namespace {} does not exist", p.display());
-                }
-                p.clone()
+        let netns = if let Some(p) = &req.netns {
+            if !self.dp.netns_exists(p) {
+                fail!(BadInput, "network namespace {} does not exist", p.display());
             }
-            None => {
-                let p = netns::named_path(&format!("tg-{name}"));
-                if self.dp.netns_exists(&p) {
-                    fail!(
-                        Conflict,
-                        "network namespace tg-{name} already exists (remove it or pass --netns PATH)"
-                    );
-                }
-                p
+            p.clone()
+        } else {
+            let p = netns::named_path(&format!("tg-{name}"));
+            if self.dp.netns_exists(&p) {
+                fail!(
+                    Conflict,
+                    "network namespace tg-{name} already exists (remove it or pass --netns PATH)"
+                );
             }
+            p
         };
         let id = self.free_id()?;
         let c = Container {

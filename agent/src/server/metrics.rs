@@ -44,32 +44,32 @@ fn counter(v: u64) -> Counter<u64, AtomicU64> {
     c
 }
 
-/// The exposition text (OpenMetrics) of `stats` and `status`.
-pub fn render(stats: &[ContainerStats], status: &Status) -> Result<String> {
+/// The exposition text (`OpenMetrics`) of `stats` and `status`.
+pub fn render(containers: &[ContainerStats], status: &Status) -> Result<String> {
     let mut r = Registry::default();
     let per_container: [(&str, &str, Field); 4] = [
-        ("rx_packets", "Packets delivered to the container", |c| {
-            c.rx_packets
+        ("rx_packets", "Packets delivered to the container", |s| {
+            s.rx_packets
         }),
-        ("rx_bytes", "Bytes delivered to the container", |c| {
-            c.rx_bytes
+        ("rx_bytes", "Bytes delivered to the container", |s| {
+            s.rx_bytes
         }),
-        ("tx_packets", "Packets sent by the container", |c| {
-            c.tx_packets
+        ("tx_packets", "Packets sent by the container", |s| {
+            s.tx_packets
         }),
-        ("tx_bytes", "Bytes sent by the container", |c| c.tx_bytes),
+        ("tx_bytes", "Bytes sent by the container", |s| s.tx_bytes),
     ];
-    for (k, help, get) in per_container {
+    for (k, help, field) in per_container {
         let f = Counters::default();
-        for c in stats {
+        for c in containers {
             f.get_or_create(&vec![("container", c.container.clone())])
-                .inc_by(get(c));
+                .inc_by(field(c));
         }
         // The `_total` suffix is added by the encoder for counters.
         r.register(format!("tollgate_container_{k}"), help, f);
     }
     let drops = Counters::default();
-    for c in stats {
+    for c in containers {
         for (reason, n) in &c.drops {
             drops
                 .get_or_create(&vec![
@@ -85,7 +85,7 @@ pub fn render(stats: &[ContainerStats], status: &Status) -> Result<String> {
         drops,
     );
     let ct = Gauges::default();
-    for c in stats {
+    for c in containers {
         ct.get_or_create(&vec![("container", c.container.clone())])
             .set(i64::try_from(c.conntrack_entries).unwrap_or(i64::MAX));
     }

@@ -8,7 +8,7 @@ use datapath_common::portmap::{PortKey, PortValue};
 use super::{ctx, ip_from_net, ip_to_net, port_from_net, port_to_net};
 use crate::datapath::types::{Published, Target};
 
-fn key(p: &Published) -> PortKey {
+fn key(p: Published) -> PortKey {
     PortKey {
         host_ip: p.host_ip.map_or(0, ip_to_net),
         port: port_to_net(p.port),
@@ -17,7 +17,7 @@ fn key(p: &Published) -> PortKey {
     }
 }
 
-fn published(k: &PortKey) -> Published {
+fn published(k: PortKey) -> Published {
     Published {
         host_ip: (k.host_ip != 0).then(|| ip_from_net(k.host_ip)),
         port: port_from_net(k.port),
@@ -46,17 +46,17 @@ impl PortMapTable {
             host_ifindex: t.host_ifindex,
             endpoint_id: t.endpoint_id,
         };
-        ctx(self.map.insert(key(&p), v, 0), || {
+        ctx(self.map.insert(key(p), v, 0), || {
             format!("writing port map {}/{}", p.port, p.proto)
         })?;
-        let g = key(&Published { host_ip: None, ..p });
+        let g = key(Published { host_ip: None, ..p });
         ctx(self.guard.insert(g, 1, 0), || {
             format!("writing port guard {}", p.port)
         })
     }
 
     pub fn remove(&mut self, p: Published) -> Result<()> {
-        match self.map.remove(&key(&p)) {
+        match self.map.remove(&key(p)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -64,7 +64,7 @@ impl PortMapTable {
 
     /// Drops the bind guard of (port, proto); call when no map of it remains.
     pub fn remove_guard(&mut self, port: u16, proto: u8) -> Result<()> {
-        let g = key(&Published {
+        let g = key(Published {
             host_ip: None,
             port,
             proto,
@@ -78,7 +78,7 @@ impl PortMapTable {
     pub fn keys(&self) -> Result<Vec<Published>> {
         let mut out = Vec::new();
         for k in self.map.keys() {
-            out.push(published(&k?));
+            out.push(published(k?));
         }
         Ok(out)
     }
@@ -86,14 +86,14 @@ impl PortMapTable {
     pub fn guard_keys(&self) -> Result<Vec<(u16, u8)>> {
         let mut out = Vec::new();
         for k in self.guard.keys() {
-            let p = published(&k?);
+            let p = published(k?);
             out.push((p.port, p.proto));
         }
         Ok(out)
     }
 
     pub fn get(&self, p: Published) -> Result<Option<Target>> {
-        match self.map.get(&key(&p), 0) {
+        match self.map.get(&key(p), 0) {
             Ok(v) => Ok(Some(Target {
                 container_ip: ip_from_net(v.container_ip),
                 container_port: port_from_net(v.container_port),
