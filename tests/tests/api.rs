@@ -52,7 +52,7 @@ fn refused(sb: &Sandbox, method: &str, path: &str, body: Option<&str>, want: u16
 }
 
 #[test]
-fn containers_and_port_maps_over_http() {
+fn containers_over_http() {
     let sb = sandbox!("api-crud");
     let mode = std::fs::metadata(&sb.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the API socket is root-only");
@@ -104,8 +104,35 @@ fn containers_and_port_maps_over_http() {
         404,
         "unknown container",
     );
+    let cli = sb.json(&["container", "list"]);
+    assert_eq!(
+        cli,
+        serde_json::to_value(&all).unwrap(),
+        "the CLI sees the same"
+    );
 
-    // Port maps: created over HTTP, they carry traffic like the CLI's.
+    let d: Deleted = call(&sb, "DELETE", &format!("/v1/containers/{web}"), None, 200);
+    assert_eq!(d.deleted, web);
+    refused(
+        &sb,
+        "DELETE",
+        &format!("/v1/containers/{web}"),
+        None,
+        404,
+        "unknown container",
+    );
+    let none: Vec<ContainerInfo> = call(&sb, "GET", "/v1/containers", None, 200);
+    assert!(none.is_empty());
+    refused(&sb, "GET", "/v2/containers", None, 404, "no such route");
+}
+
+#[test]
+fn port_maps_over_http() {
+    let sb = sandbox!("api-ports");
+    let web = sb.cname("web");
+    let body = format!(r#"{{"name": "{web}"}}"#);
+    let _: ContainerInfo = call(&sb, "POST", "/v1/containers", Some(&body), 201);
+    // Created over HTTP, they carry traffic like the CLI's.
     let _t = tcp_echo(&format!("tg-{web}"), 80, "web").unwrap();
     let ports = format!("/v1/containers/{web}/ports");
     let maps: Vec<PortMapInfo> = call(
@@ -177,19 +204,7 @@ fn containers_and_port_maps_over_http() {
     let left: Vec<PortMapInfo> = call(&sb, "GET", &ports, None, 200);
     assert_eq!(left, vec![maps[1].clone()]);
 
-    let d: Deleted = call(&sb, "DELETE", &format!("/v1/containers/{web}"), None, 200);
-    assert_eq!(d.deleted, web);
-    refused(
-        &sb,
-        "DELETE",
-        &format!("/v1/containers/{web}"),
-        None,
-        404,
-        "unknown container",
-    );
-    let none: Vec<ContainerInfo> = call(&sb, "GET", "/v1/containers", None, 200);
-    assert!(none.is_empty());
+    let _: Deleted = call(&sb, "DELETE", &format!("/v1/containers/{web}"), None, 200);
     let none: Vec<PortMapInfo> = call(&sb, "GET", "/v1/ports", None, 200);
     assert!(none.is_empty(), "the container's maps went with it");
-    refused(&sb, "GET", "/v2/containers", None, 404, "no such route");
 }

@@ -4,6 +4,8 @@
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
+use datapath_common::endpoint::PolicyChain;
+
 use super::{error::Kind, CtTimeouts, Node, Settings, Uplink};
 use crate::{
     api::types::{ContainerCreate, LimitSet},
@@ -99,6 +101,26 @@ fn busy() -> TestNode {
 
 fn kind<T>(r: super::Result<T>) -> Kind {
     r.map(|_| ()).unwrap_err().kind
+}
+
+/// Forgets veth ifindexes, which change when a veth is plumbed again.
+fn without_ifindexes(t: &mut Tables) {
+    for v in t.veths.values_mut() {
+        *v = 0;
+    }
+    for e in t.endpoints.values_mut() {
+        e.host_ifindex = 0;
+    }
+    t.by_ifindex = std::mem::take(&mut t.by_ifindex)
+        .into_values()
+        .map(|mut e| {
+            e.host_ifindex = 0;
+            (e.id, e)
+        })
+        .collect();
+    for p in t.portmaps.values_mut() {
+        p.host_ifindex = 0;
+    }
 }
 
 fn snapshot(n: &TestNode) -> (Tables, State) {
@@ -211,22 +233,10 @@ fn rolls_back(what: &str, op: impl Fn(&mut TestNode) -> super::Result<()>) {
         let (t, st) = snapshot(&n);
         // A re-created veth has a new ifindex; everything else is as it was.
         let norm = |mut t: Tables, mut st: State| {
-            t.veths.values_mut().for_each(|v| *v = 0);
-            let rekey =
-                |m: &mut std::collections::BTreeMap<Ipv4Addr, crate::datapath::EndpointInfo>| {
-                    m.values_mut().for_each(|e| e.host_ifindex = 0);
-                };
-            rekey(&mut t.endpoints);
-            t.by_ifindex = t
-                .by_ifindex
-                .into_values()
-                .map(|mut e| {
-                    e.host_ifindex = 0;
-                    (e.id, e)
-                })
-                .collect();
-            t.portmaps.values_mut().for_each(|p| p.host_ifindex = 0);
-            st.containers.values_mut().for_each(|c| c.host_ifindex = 0);
+            without_ifindexes(&mut t);
+            for c in st.containers.values_mut() {
+                c.host_ifindex = 0;
+            }
             (t, st)
         };
         assert_eq!(
@@ -333,7 +343,7 @@ fn a_restart_reconciles_the_datapath_to_the_stored_state() {
     dp.t.endpoints.insert(ghost.ip, ghost);
     dp.t.by_ifindex.insert(ghost.host_ifindex, ghost);
     dp.t.chains
-        .insert((77, "10.0.0.0/8".parse().unwrap()), Default::default());
+        .insert((77, "10.0.0.0/8".parse().unwrap()), PolicyChain::default());
     let n = node_on(dp, store);
     let mut got = n.datapath().t.clone();
     // web's veth was plumbed again, with a new ifindex everywhere it appears.
@@ -344,17 +354,7 @@ fn a_restart_reconciles_the_datapath_to_the_stored_state() {
     // Ghost gateway entries of a vanished container were never local addresses here.
     got.locals.remove(&ghost.gateway);
     let mut want = want;
-    for t in [&mut got, &mut want] {
-        t.veths.values_mut().for_each(|v| *v = 0);
-        t.endpoints.values_mut().for_each(|e| e.host_ifindex = 0);
-        t.by_ifindex = std::mem::take(&mut t.by_ifindex)
-            .into_values()
-            .map(|mut e| {
-                e.host_ifindex = 0;
-                (e.id, e)
-            })
-            .collect();
-        t.portmaps.values_mut().for_each(|p| p.host_ifindex = 0);
-    }
+    without_ifindexes(&mut got);
+    without_ifindexes(&mut want);
     assert_eq!(got, want);
 }

@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn renders_the_metric_names_of_the_exposition() {
-        let stats = vec![ContainerStats {
+        let containers = vec![ContainerStats {
             container: "web".into(),
             ip: "10.254.0.2".parse().unwrap(),
             rx_packets: 3,
@@ -238,7 +238,7 @@ mod tests {
                 evicted: 1,
             },
         };
-        let t = render(&stats, &status).unwrap();
+        let t = render(&containers, &status).unwrap();
         for line in [
             "tollgate_container_rx_bytes_total{container=\"web\"} 300",
             "tollgate_container_drops_total{container=\"web\",reason=\"policy\"} 5",
