@@ -217,7 +217,11 @@ pub enum PolicyCmd {
     /// Remove a link.
     Unlink { from: String, to: String },
     /// Default stance for NAME's new outbound flows (default: allow).
-    Egress { name: String, stance: Stance },
+    Egress {
+        name: String,
+        #[arg(value_name = "allow|deny")]
+        stance: Stance,
+    },
     /// Allow NAME's new flows to CIDR[:PORT[-PORT]][/tcp|/udp|/icmp].
     Allow { name: String, rule: String },
     /// Deny NAME's new flows to CIDR[:PORT[-PORT]][/tcp|/udp|/icmp].

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use hyper::Method;
 use serde::Serialize;
 
 use crate::{
@@ -309,7 +310,7 @@ fn rule(spec: &str) -> Result<RuleSpec> {
 fn policy(client: &Client, p: PolicyCmd) -> Result<()> {
     let _: serde::de::IgnoredAny = match p {
         PolicyCmd::Link { from, to } => {
-            client.put(&api::link_path(&from, &to), &serde_json::Map::new())?
+            client.call(Method::PUT, &api::link_path(&from, &to), None::<&()>)?
         }
         PolicyCmd::Unlink { from, to } => {
             client.delete(&api::link_path(&from, &to), None::<&()>)?

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use hyper::Method;
 
 use crate::{
     api::{
@@ -19,7 +20,7 @@ use crate::{
 pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Path) -> Result<()> {
     // A running daemon would re-pin things behind our back.
     let asked = Client::new(socket)
-        .and_then(|c| c.post::<_, ShuttingDown>(paths::SHUTDOWN, &serde_json::Map::new()));
+        .and_then(|c| c.call::<(), ShuttingDown>(Method::POST, paths::SHUTDOWN, None));
     if asked.is_ok() {
         for _ in 0..50 {
             if !socket.exists() {

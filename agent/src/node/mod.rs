@@ -969,4 +969,4 @@ fn ct_entry(c: &CtView, now: u64) -> api::ConntrackEntry {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

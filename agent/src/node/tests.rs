@@ -16,7 +16,7 @@ use crate::{
 
 type TestNode = Node<MemoryDatapath, MemoryStore>;
 
-fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     Settings {
         uplink: "up0".into(),
         netns: None,

@@ -341,3 +341,130 @@ async fn shutdown<D: Datapath, S: Store>(
     }
     Ok(Json(api::ShuttingDown { stopping: true }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Mutex;
+
+    use super::{router, App};
+    use crate::{
+        api::{
+            client::ApiError,
+            types::{self as api, path, paths},
+            Client,
+        },
+        datapath::memory::MemoryDatapath,
+        model::AddSpec,
+        node::{tests::settings, Node, Uplink},
+        store::MemoryStore,
+    };
+
+    /// The status of a refused call.
+    fn status<T: std::fmt::Debug>(r: anyhow::Result<T>) -> u16 {
+        r.unwrap_err()
+            .downcast_ref::<ApiError>()
+            .expect("an answer of the daemon")
+            .status
+            .as_u16()
+    }
+
+    /// The whole stack without root: the CLI's client, HTTP on a unix socket, the routes, the
+    /// node on the in-memory datapath and store.
+    #[test]
+    fn routes_answer_typed_bodies_and_error_statuses() {
+        let dir = std::env::temp_dir().join(format!("tg-routes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut node = Node::new(
+            settings(),
+            Uplink::default(),
+            MemoryDatapath::default(),
+            MemoryStore::default(),
+        )
+        .unwrap();
+        rt.block_on(node.start()).unwrap();
+        let app = App {
+            node: Arc::new(Mutex::new(node)),
+            stop: None,
+        };
+        let listener = rt
+            .block_on(async { tokio::net::UnixListener::bind(&sock) })
+            .unwrap();
+        rt.spawn(async move { axum::serve(listener, router(app)).await });
+
+        let c = Client::new(&sock).unwrap();
+        let add = |name: &str| {
+            c.post::<_, api::ContainerInfo>(
+                paths::CONTAINERS,
+                &api::ContainerCreate {
+                    name: name.into(),
+                    netns: None,
+                    ip: None,
+                },
+            )
+        };
+        let web = add("web").unwrap();
+        assert_eq!(web.ip.to_string(), "10.254.0.2");
+        assert_eq!(status(add("web")), 409);
+        assert_eq!(status(add("a b")), 400);
+        let maps: Vec<api::PortMapInfo> = c
+            .post(
+                &path(paths::CONTAINER_PORTS, "web"),
+                &api::PortsAdd {
+                    specs: vec!["8080:80".parse::<AddSpec>().unwrap()],
+                },
+            )
+            .unwrap();
+        assert_eq!(maps[0].host_port, 8080);
+        let again = c.post::<_, Vec<api::PortMapInfo>>(
+            &path(paths::CONTAINER_PORTS, "web"),
+            &api::PortsAdd {
+                specs: vec!["8080:80".parse::<AddSpec>().unwrap()],
+            },
+        );
+        assert_eq!(status(again), 409);
+        assert_eq!(
+            status(c.get::<api::ContainerInfo>("/v1/containers/nosuch")),
+            404
+        );
+        let st: Vec<api::ContainerStats> = c.get(paths::STATS).unwrap();
+        assert_eq!(st[0].container, "web");
+        let text = rt.block_on(get_metrics(&sock));
+        assert!(text.contains("tollgate_port_maps 1"), "{text}");
+        let d: api::Deleted = c
+            .delete(&path(paths::CONTAINER, "web"), None::<&()>)
+            .unwrap();
+        assert_eq!(d.deleted, "web");
+        assert!(c
+            .get::<Vec<api::ContainerInfo>>(paths::CONTAINERS)
+            .unwrap()
+            .is_empty());
+        drop(rt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `GET /metrics` over the socket (the exposition is text, not one of the API's bodies).
+    async fn get_metrics(sock: &std::path::Path) -> String {
+        use http_body_util::{BodyExt, Empty};
+        use hyper::body::Bytes;
+        let s = tokio::net::UnixStream::connect(sock).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(paths::METRICS)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let body = tx.send_request(req).await.unwrap().into_body();
+        String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+}
