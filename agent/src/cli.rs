@@ -1,8 +1,17 @@
 //! Command-line interface (clap derive); the `///` docs are the `--help` text.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::Ipv4Addr, ops::RangeInclusive, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::model::{ports::parse_port_range, Pool, Rate, Size, Stance};
+
+fn pool(s: &str) -> anyhow::Result<Pool> {
+    Pool::new(
+        s.parse()
+            .map_err(|e| anyhow::anyhow!("{s:?} is not an IPv4 CIDR: {e}"))?,
+    )
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -81,11 +90,11 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub netns: Option<String>,
     /// Address pool; each container gets a /30 of it.
-    #[arg(long, default_value = "10.254.0.0/22")]
-    pub pool: ipnet::Ipv4Net,
+    #[arg(long, default_value = "10.254.0.0/22", value_parser = pool)]
+    pub pool: Pool,
     /// Host ports allocated when a port map gives none.
-    #[arg(long, default_value = "61001-65000")]
-    pub port_range: String,
+    #[arg(long, default_value = "61001-65000", value_parser = parse_port_range)]
+    pub port_range: RangeInclusive<u16>,
     /// Source address for masquerade (default: the uplink's primary IPv4 address).
     #[arg(long)]
     pub snat_ip: Option<Ipv4Addr>,
@@ -102,8 +111,8 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = datapath_common::maps::CONNTRACK_MAX_DEFAULT)]
     pub conntrack_max: u32,
     /// Source ports (and ICMP echo ids) used for masquerade, LO-HI.
-    #[arg(long, default_value = "20000-32767")]
-    pub nat_ports: String,
+    #[arg(long, default_value = "20000-32767", value_parser = parse_port_range)]
+    pub nat_ports: RangeInclusive<u16>,
     /// Idle timeout of established TCP conntrack entries, seconds.
     #[arg(long, default_value_t = datapath_common::config::CT_TCP_EST_S_DEFAULT)]
     pub ct_tcp_timeout: u32,
@@ -156,6 +165,10 @@ pub enum ContainerCmd {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::doc_markdown,
+    reason = "the docs are the --help text, where specs read better without backticks"
+)]
 pub enum PortCmd {
     /// Publish ports: [HOST_IP:][HOST_PORT[-END]]:CONTAINER_PORT[-END][/tcp|/udp]; several specs are applied as one batch. Prints the host port(s).
     Add {
@@ -206,8 +219,8 @@ pub enum PolicyCmd {
     /// Default stance for NAME's new outbound flows (default: allow).
     Egress {
         name: String,
-        #[arg(value_parser = ["allow", "deny"])]
-        stance: String,
+        #[arg(value_name = "allow|deny")]
+        stance: Stance,
     },
     /// Allow NAME's new flows to CIDR[:PORT[-PORT]][/tcp|/udp|/icmp].
     Allow { name: String, rule: String },
@@ -228,13 +241,13 @@ pub enum LimitCmd {
     /// Limit NAME's egress (what it sends) and/or ingress (what it receives), e.g. 50mbit.
     Set {
         name: String,
-        #[arg(long)]
-        egress: Option<String>,
-        #[arg(long)]
-        ingress: Option<String>,
+        #[arg(long, value_name = "RATE")]
+        egress: Option<Rate>,
+        #[arg(long, value_name = "RATE")]
+        ingress: Option<Rate>,
         /// Bucket depth, e.g. 512kb (default: sized for TCP at that rate, see docs/ratelimit.md).
-        #[arg(long)]
-        burst: Option<String>,
+        #[arg(long, value_name = "SIZE")]
+        burst: Option<Size>,
     },
     /// Remove NAME's limits.
     Clear { name: String },

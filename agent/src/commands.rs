@@ -1,18 +1,20 @@
-//! Runs a parsed command: the daemon, reset, the demo, or a CLI request to the daemon with its
-//! output formatted for people (or as JSON with `--json`).
+//! Runs a parsed command: the daemon, reset, the demo, or a CLI request to the daemon's API
+//! with its answer formatted for people (or as JSON with `--json`).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use hyper::Method;
+use serde::Serialize;
 
 use crate::{
-    api::{self, Request},
+    api::{
+        types::{self as api, path, paths},
+        Client,
+    },
     cli::{Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, LimitCmd, PolicyCmd, PortCmd},
-    node::Settings,
-    policy::Action,
-    pool::Pool,
-    ports::parse_port_range,
+    model::{Action, AddSpec, DelSpec, Rate, RuleSpec},
+    node::{CtTimeouts, Settings},
 };
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -20,23 +22,25 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Daemon(a) => daemon(a, sock),
         Cmd::Reset(a) => crate::reset::run(sock, a.netns.as_deref(), &a.state_dir, &a.bpffs),
-        Cmd::Demo(a) => crate::demo::run(a),
+        Cmd::Demo(a) => crate::demo::run(&a),
         Cmd::DemoServe { netns, port, name } => crate::demo::serve(&netns, port, &name),
         Cmd::Status { json } => {
-            let v = api::call(sock, &Request::Status)?;
+            let st: api::Status = Client::new(sock)?.get(paths::STATUS)?;
             if json {
-                print_json(&v)
+                print_json(&st);
             } else {
-                print_status(&v);
+                print_status(&st);
             }
             Ok(())
         }
-        Cmd::Container(c) => container(sock, c),
-        Cmd::Port(p) => port(sock, p),
-        Cmd::Conntrack(c) => conntrack(sock, c),
-        Cmd::Policy(p) => policy(sock, p),
-        Cmd::Stats { name, json, watch } => stats(sock, name, json, watch),
-        Cmd::Limit(l) => limit(sock, l),
+        Cmd::Container(c) => container(&Client::new(sock)?, c),
+        Cmd::Port(p) => port(&Client::new(sock)?, p),
+        Cmd::Conntrack(c) => conntrack(&Client::new(sock)?, c),
+        Cmd::Policy(p) => policy(&Client::new(sock)?, p),
+        Cmd::Stats { name, json, watch } => {
+            stats(&Client::new(sock)?, name.as_deref(), json, watch)
+        }
+        Cmd::Limit(l) => limit(&Client::new(sock)?, l),
     }
 }
 
@@ -44,16 +48,16 @@ fn daemon(a: DaemonArgs, sock: &Path) -> Result<()> {
     let settings = Settings {
         uplink: a.uplink,
         netns: a.netns.clone(),
-        pool: Pool::new(a.pool)?,
-        port_range: parse_port_range(&a.port_range)?,
+        pool: a.pool,
+        port_range: a.port_range,
         snat_ip: a.snat_ip,
         icc: a.icc,
         state_dir: a.state_dir,
         bpffs: a.bpffs,
         socket: sock.to_path_buf(),
         conntrack_max: a.conntrack_max,
-        nat_ports: crate::ports::parse_port_range(&a.nat_ports).context("--nat-ports")?,
-        ct: crate::node::CtTimeouts {
+        nat_ports: a.nat_ports,
+        ct: CtTimeouts {
             tcp_syn: datapath_common::config::CT_TCP_SYN_S_DEFAULT,
             tcp_est: a.ct_tcp_timeout,
             tcp_close: datapath_common::config::CT_TCP_CLOSE_S_DEFAULT,
@@ -72,19 +76,16 @@ fn daemon(a: DaemonArgs, sock: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(crate::daemon::run(settings))
+    rt.block_on(crate::server::run(settings))
 }
 
-fn print_json(v: &Value) {
+fn print_json<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn s(v: &Value, k: &str) -> String {
-    match &v[k] {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// An optional value as a table cell (`-` when absent).
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
@@ -102,18 +103,13 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(headers.iter().map(ToString::to_string).collect());
     for r in rows {
         line(r);
     }
 }
 
-/// The elements of a JSON array (none for anything else), for table rows.
-fn rows_of(v: &Value) -> impl Iterator<Item = &Value> {
-    v.as_array().into_iter().flatten()
-}
-
-fn container(sock: &Path, c: ContainerCmd) -> Result<()> {
+fn container(client: &Client, c: ContainerCmd) -> Result<()> {
     match c {
         ContainerCmd::Add {
             name,
@@ -121,37 +117,39 @@ fn container(sock: &Path, c: ContainerCmd) -> Result<()> {
             ip,
             json,
         } => {
-            let v = api::call(sock, &Request::ContainerAdd { name, netns, ip })?;
+            let v: api::ContainerInfo =
+                client.post(paths::CONTAINERS, &api::ContainerCreate { name, netns, ip })?;
             if json {
                 print_json(&v);
             } else {
                 println!(
                     "{} ip {}/{} gateway {} netns {} veth {}",
-                    s(&v, "name"),
-                    s(&v, "ip"),
-                    s(&v, "prefix_len"),
-                    s(&v, "gateway"),
-                    s(&v, "netns"),
-                    s(&v, "host_ifname")
+                    v.name,
+                    v.ip,
+                    v.prefix_len,
+                    v.gateway,
+                    v.netns.display(),
+                    v.host_ifname
                 );
             }
         }
         ContainerCmd::Del { name } => {
-            api::call(sock, &Request::ContainerDel { name })?;
+            let _: api::Deleted = client.delete(&path(paths::CONTAINER, &name), None::<&()>)?;
         }
         ContainerCmd::List { json } => {
-            let v = api::call(sock, &Request::ContainerList)?;
+            let v: Vec<api::ContainerInfo> = client.get(paths::CONTAINERS)?;
             if json {
                 print_json(&v);
             } else {
-                let rows = rows_of(&v)
+                let rows = v
+                    .iter()
                     .map(|c| {
                         vec![
-                            s(c, "name"),
-                            format!("{}/{}", s(c, "ip"), s(c, "prefix_len")),
-                            s(c, "gateway"),
-                            s(c, "host_ifname"),
-                            s(c, "netns"),
+                            c.name.clone(),
+                            format!("{}/{}", c.ip, c.prefix_len),
+                            c.gateway.to_string(),
+                            c.host_ifname.clone(),
+                            c.netns.display().to_string(),
                         ]
                     })
                     .collect();
@@ -162,46 +160,54 @@ fn container(sock: &Path, c: ContainerCmd) -> Result<()> {
     Ok(())
 }
 
-fn port(sock: &Path, p: PortCmd) -> Result<()> {
+fn port(client: &Client, p: PortCmd) -> Result<()> {
     match p {
         PortCmd::Add { name, specs, json } => {
-            let v = api::call(
-                sock,
-                &Request::PortAdd {
-                    container: name,
-                    specs,
-                },
+            // Parsed here, with the daemon's own parser, so a bad spec says what is wrong
+            // before anything is sent.
+            let specs = specs
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<AddSpec>>>()?;
+            let v: Vec<api::PortMapInfo> = client.post(
+                &path(paths::CONTAINER_PORTS, &name),
+                &api::PortsAdd { specs },
             )?;
             if json {
                 print_json(&v);
             } else {
-                for m in v.as_array().cloned().unwrap_or_default() {
-                    println!("{}", s(&m, "host_port"));
+                for m in &v {
+                    println!("{}", m.host_port);
                 }
             }
         }
         PortCmd::Del { name, specs } => {
-            api::call(
-                sock,
-                &Request::PortDel {
-                    container: name,
-                    specs,
-                },
+            let specs = specs
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<DelSpec>>>()?;
+            let _: Vec<api::PortMapInfo> = client.delete(
+                &path(paths::CONTAINER_PORTS, &name),
+                Some(&api::PortsDel { specs }),
             )?;
         }
         PortCmd::List { name, json } => {
-            let v = api::call(sock, &Request::PortList { container: name })?;
+            let v: Vec<api::PortMapInfo> = match &name {
+                Some(n) => client.get(&path(paths::CONTAINER_PORTS, n))?,
+                None => client.get(paths::PORTS)?,
+            };
             if json {
                 print_json(&v);
             } else {
-                let rows = rows_of(&v)
+                let rows = v
+                    .iter()
                     .map(|m| {
                         vec![
-                            s(m, "container"),
-                            s(m, "host_ip"),
-                            s(m, "host_port"),
-                            s(m, "container_port"),
-                            s(m, "proto"),
+                            m.container.clone(),
+                            m.host_ip.to_string(),
+                            m.host_port.to_string(),
+                            m.container_port.to_string(),
+                            m.proto.to_string(),
                         ]
                     })
                     .collect();
@@ -221,24 +227,25 @@ fn port(sock: &Path, p: PortCmd) -> Result<()> {
     Ok(())
 }
 
-fn conntrack(sock: &Path, c: ConntrackCmd) -> Result<()> {
+fn conntrack(client: &Client, c: ConntrackCmd) -> Result<()> {
     match c {
         ConntrackCmd::List { json } => {
-            let v = api::call(sock, &Request::ConntrackList)?;
+            let v: Vec<api::ConntrackEntry> = client.get(paths::CONNTRACK)?;
             if json {
                 print_json(&v);
             } else {
-                let rows = rows_of(&v)
+                let rows = v
+                    .into_iter()
                     .map(|e| {
                         vec![
-                            s(e, "proto"),
-                            s(e, "direction"),
-                            s(e, "src"),
-                            s(e, "dst"),
-                            s(e, "translated_src"),
-                            s(e, "translated_dst"),
-                            s(e, "age_secs"),
-                            s(e, "packets"),
+                            e.proto,
+                            e.direction,
+                            e.src,
+                            e.dst,
+                            e.translated_src,
+                            e.translated_dst,
+                            e.age_secs.to_string(),
+                            e.packets.to_string(),
                         ]
                     })
                     .collect();
@@ -258,90 +265,80 @@ fn conntrack(sock: &Path, c: ConntrackCmd) -> Result<()> {
             }
         }
         ConntrackCmd::Flush { name } => {
-            let v = api::call(sock, &Request::ConntrackFlush { container: name })?;
-            println!("flushed {} entries", s(&v, "flushed"));
+            let route = match &name {
+                Some(n) => path(paths::CONTAINER_CONNTRACK, n),
+                None => paths::CONNTRACK.to_string(),
+            };
+            let v: api::Flushed = client.delete(&route, None::<&()>)?;
+            println!("flushed {} entries", v.flushed);
         }
     }
     Ok(())
 }
 
-fn print_status(v: &Value) {
-    println!(
-        "tollgate {}  uptime {}s",
-        s(v, "version"),
-        s(v, "uptime_secs")
-    );
+fn print_status(v: &api::Status) {
+    println!("tollgate {}  uptime {}s", v.version, v.uptime_secs);
     println!(
         "uplink {} {}  netns {}",
-        s(v, "uplink"),
-        v["uplink_ips"],
-        s(v, "netns")
+        v.uplink,
+        serde_json::to_string(&v.uplink_ips).unwrap_or_default(),
+        opt(v.netns.as_ref())
     );
-    println!("pool {}  port range {}", s(v, "pool"), s(v, "port_range"));
-    println!(
-        "containers {}  port maps {}",
-        s(v, "containers"),
-        s(v, "port_maps")
-    );
+    println!("pool {}  port range {}", v.pool, v.port_range);
+    println!("containers {}  port maps {}", v.containers, v.port_maps);
     println!("programs:");
-    for p in v["programs"].as_array().cloned().unwrap_or_default() {
-        println!(
-            "  {:<20} {:<18} id {}",
-            s(&p, "name"),
-            s(&p, "type"),
-            s(&p, "id")
-        );
+    for p in &v.programs {
+        println!("  {:<20} {:<18} id {}", p.name, p.kind, p.id);
     }
     println!("attach points:");
-    for a in v["attach_points"].as_array().cloned().unwrap_or_default() {
-        println!("  {:<20} {}", s(&a, "program"), s(&a, "where"));
+    for a in &v.attach_points {
+        println!("  {:<20} {}", a.program, a.at);
     }
     println!("maps:");
-    if let Some(m) = v["maps"].as_object() {
-        for (k, e) in m {
-            println!("  {:<16} {}/{}", k, s(e, "entries"), s(e, "max"));
-        }
+    for (k, e) in &v.maps {
+        println!("  {:<16} {}/{}", k, e.entries, e.max);
     }
-    println!("pins {}", s(v, "pins"));
-    if let Some(c) = v["counters"].as_object() {
-        let parts: Vec<String> = c.iter().map(|(k, n)| format!("{k}={n}")).collect();
-        println!("counters {}", parts.join(" "));
-    }
+    println!("pins {}", v.pins);
+    let parts: Vec<String> = v.counters.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    println!("counters {}", parts.join(" "));
 }
 
-fn policy(sock: &Path, p: PolicyCmd) -> Result<()> {
-    let req = match p {
-        PolicyCmd::Link { from, to } => Request::PolicyLink {
-            from,
-            to,
-            add: true,
-        },
-        PolicyCmd::Unlink { from, to } => Request::PolicyLink {
-            from,
-            to,
-            add: false,
-        },
-        PolicyCmd::Egress { name, stance } => Request::PolicyEgress {
-            container: name,
-            stance,
-        },
-        PolicyCmd::Allow { name, rule } => Request::PolicyRule {
-            container: name,
-            spec: rule,
-            action: Some(Action::Allow),
-        },
-        PolicyCmd::Deny { name, rule } => Request::PolicyRule {
-            container: name,
-            spec: rule,
-            action: Some(Action::Deny),
-        },
-        PolicyCmd::Rm { name, rule } => Request::PolicyRule {
-            container: name,
-            spec: rule,
-            action: None,
-        },
+fn rule(spec: &str) -> Result<RuleSpec> {
+    spec.parse()
+}
+
+fn policy(client: &Client, p: PolicyCmd) -> Result<()> {
+    let _: serde::de::IgnoredAny = match p {
+        PolicyCmd::Link { from, to } => {
+            client.call(Method::PUT, &api::link_path(&from, &to), None::<&()>)?
+        }
+        PolicyCmd::Unlink { from, to } => {
+            client.delete(&api::link_path(&from, &to), None::<&()>)?
+        }
+        PolicyCmd::Egress { name, stance } => client.put(
+            &path(paths::CONTAINER_EGRESS, &name),
+            &api::EgressSet { egress: stance },
+        )?,
+        PolicyCmd::Allow { name, rule: r } => client.post(
+            &path(paths::CONTAINER_RULES, &name),
+            &api::RuleAdd {
+                rule: rule(&r)?,
+                action: Action::Allow,
+            },
+        )?,
+        PolicyCmd::Deny { name, rule: r } => client.post(
+            &path(paths::CONTAINER_RULES, &name),
+            &api::RuleAdd {
+                rule: rule(&r)?,
+                action: Action::Deny,
+            },
+        )?,
+        PolicyCmd::Rm { name, rule: r } => client.delete(
+            &path(paths::CONTAINER_RULES, &name),
+            Some(&api::RuleDel { rule: rule(&r)? }),
+        )?,
         PolicyCmd::List { name, json } => {
-            let v = api::call(sock, &Request::PolicyList { container: name })?;
+            let v: api::PolicyInfo = client.get(&path(paths::CONTAINER_POLICY, &name))?;
             if json {
                 print_json(&v);
             } else {
@@ -350,62 +347,66 @@ fn policy(sock: &Path, p: PolicyCmd) -> Result<()> {
             return Ok(());
         }
     };
-    api::call(sock, &req)?;
     Ok(())
 }
 
-fn print_policy(v: &Value) {
+fn print_policy(v: &api::PolicyInfo) {
+    let stance = |s| {
+        serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+    };
     println!(
         "{}: egress {} (icc {})",
-        s(v, "container"),
-        s(v, "egress"),
-        s(v, "icc")
+        v.container,
+        stance(v.egress).unwrap_or_default(),
+        v.icc
     );
-    let links: Vec<String> = v["links"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|l| l.as_str().unwrap_or("").to_string())
-        .collect();
     println!(
         "links to: {}",
-        if links.is_empty() {
+        if v.links.is_empty() {
             "-".to_string()
         } else {
-            links.join(", ")
+            v.links.join(", ")
         }
     );
-    let rows = v["rules"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let rows = v
+        .rules
         .iter()
-        .map(|r| vec![s(r, "action"), s(r, "cidr"), s(r, "ports"), s(r, "proto")])
+        .map(|r| {
+            vec![
+                if r.action == Action::Allow {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .to_string(),
+                r.cidr.clone(),
+                opt(r.ports.as_ref()),
+                opt(r.proto.as_ref()),
+            ]
+        })
         .collect();
     table(&["ACTION", "CIDR", "PORTS", "PROTO"], rows);
 }
 
-fn print_stats(list: &[Value]) {
+fn print_stats(list: &[api::ContainerStats]) {
     let rows = list
         .iter()
         .map(|c| {
-            let drops: Vec<String> = c["drops"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
-                        .map(|(k, n)| format!("{k}={n}"))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let drops: Vec<String> = c
+                .drops
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
             vec![
-                s(c, "container"),
-                s(c, "rx_packets"),
-                s(c, "rx_bytes"),
-                s(c, "tx_packets"),
-                s(c, "tx_bytes"),
-                s(c, "conntrack_entries"),
+                c.container.clone(),
+                c.rx_packets.to_string(),
+                c.rx_bytes.to_string(),
+                c.tx_packets.to_string(),
+                c.tx_bytes.to_string(),
+                c.conntrack_entries.to_string(),
                 if drops.is_empty() {
                     "-".into()
                 } else {
@@ -428,28 +429,20 @@ fn print_stats(list: &[Value]) {
     );
 }
 
-fn stats(sock: &Path, name: Option<String>, json: bool, watch: bool) -> Result<()> {
-    let fetch = || -> Result<Vec<Value>> {
-        let v = api::call(
-            sock,
-            &Request::Stats {
-                container: name.clone(),
-            },
-        )?;
-        Ok(if name.is_some() {
-            vec![v]
-        } else {
-            v.as_array().cloned().unwrap_or_default()
+fn stats(client: &Client, name: Option<&str>, json: bool, watch: bool) -> Result<()> {
+    let fetch = || -> Result<Vec<api::ContainerStats>> {
+        Ok(match name {
+            Some(n) => vec![client.get(&path(paths::CONTAINER_STATS, n))?],
+            None => client.get(paths::STATS)?,
         })
     };
     if !watch {
         let list = fetch()?;
         if json {
-            print_json(&if name.is_some() {
-                list[0].clone()
-            } else {
-                Value::Array(list)
-            });
+            match name {
+                Some(_) => print_json(&list[0]),
+                None => print_json(&list),
+            }
         } else {
             print_stats(&list);
         }
@@ -465,23 +458,22 @@ fn stats(sock: &Path, name: Option<String>, json: bool, watch: bool) -> Result<(
             print!("\x1b[2J\x1b[H");
             print_stats(&cur);
             println!();
-            let rate = |c: &Value, k: &str| {
+            let rate = |c: &api::ContainerStats, k: fn(&api::ContainerStats) -> u64| {
                 let before = prev
                     .iter()
-                    .find(|p| p["container"] == c["container"])
-                    .map(|p| p[k].as_u64().unwrap_or(0))
-                    .unwrap_or(0);
-                c[k].as_u64().unwrap_or(0).saturating_sub(before)
+                    .find(|p| p.container == c.container)
+                    .map_or(0, k);
+                k(c).saturating_sub(before)
             };
             let rows = cur
                 .iter()
                 .map(|c| {
                     vec![
-                        s(c, "container"),
-                        crate::limits::Rate(rate(c, "rx_bytes") * 8).to_string(),
-                        crate::limits::Rate(rate(c, "tx_bytes") * 8).to_string(),
-                        rate(c, "rx_packets").to_string(),
-                        rate(c, "tx_packets").to_string(),
+                        c.container.clone(),
+                        Rate(rate(c, |s| s.rx_bytes) * 8).to_string(),
+                        Rate(rate(c, |s| s.tx_bytes) * 8).to_string(),
+                        rate(c, |s| s.rx_packets).to_string(),
+                        rate(c, |s| s.tx_packets).to_string(),
                     ]
                 })
                 .collect();
@@ -491,7 +483,7 @@ fn stats(sock: &Path, name: Option<String>, json: bool, watch: bool) -> Result<(
     }
 }
 
-fn limit(sock: &Path, l: LimitCmd) -> Result<()> {
+fn limit(client: &Client, l: LimitCmd) -> Result<()> {
     match l {
         LimitCmd::Set {
             name,
@@ -499,42 +491,38 @@ fn limit(sock: &Path, l: LimitCmd) -> Result<()> {
             ingress,
             burst,
         } => {
-            api::call(
-                sock,
-                &Request::LimitSet {
-                    container: name,
-                    egress,
-                    ingress,
-                    burst,
+            let _: api::LimitInfo = client.put(
+                &path(paths::CONTAINER_LIMITS, &name),
+                &api::LimitSet {
+                    egress_bps: egress.map(|r| r.0),
+                    ingress_bps: ingress.map(|r| r.0),
+                    burst_bytes: burst.map(|s| s.0),
                 },
             )?;
         }
         LimitCmd::Clear { name } => {
-            api::call(sock, &Request::LimitClear { container: name })?;
+            let _: api::LimitCleared =
+                client.delete(&path(paths::CONTAINER_LIMITS, &name), None::<&()>)?;
         }
         LimitCmd::Show { name, json } => {
-            let v = api::call(
-                sock,
-                &Request::LimitShow {
-                    container: name.clone(),
-                },
-            )?;
+            let list: Vec<api::LimitInfo> = match &name {
+                Some(n) => vec![client.get(&path(paths::CONTAINER_LIMITS, n))?],
+                None => client.get(paths::LIMITS)?,
+            };
             if json {
-                print_json(&v);
+                match name {
+                    Some(_) => print_json(&list[0]),
+                    None => print_json(&list),
+                }
             } else {
-                let list = if name.is_some() {
-                    vec![v]
-                } else {
-                    v.as_array().cloned().unwrap_or_default()
-                };
                 let rows = list
                     .iter()
                     .map(|l| {
                         vec![
-                            s(l, "container"),
-                            s(l, "egress"),
-                            s(l, "ingress"),
-                            s(l, "burst_bytes"),
+                            l.container.clone(),
+                            opt(l.egress.as_ref()),
+                            opt(l.ingress.as_ref()),
+                            opt(l.burst_bytes),
                         ]
                     })
                     .collect();

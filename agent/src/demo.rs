@@ -15,7 +15,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    api::{self, Request},
+    api::{
+        types::{self as api, path, paths},
+        Client,
+    },
     cli::DemoArgs,
     netlink::{self, addr, link, route},
     netns,
@@ -74,7 +77,11 @@ impl Drop for Sandbox {
     }
 }
 
-pub fn run(a: DemoArgs) -> Result<()> {
+#[expect(
+    clippy::too_many_lines,
+    reason = "the demo is one script, read top to bottom"
+)]
+pub fn run(a: &DemoArgs) -> Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -114,15 +121,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let mut published = Vec::new();
     for (i, short) in ["web1", "web2"].iter().enumerate() {
         let name = format!("{}-{short}", sb.tag);
-        let c = api::call(
-            &sb.socket,
-            &Request::ContainerAdd {
+        let client = Client::new(&sb.socket)?;
+        let c: api::ContainerInfo = client.post(
+            paths::CONTAINERS,
+            &api::ContainerCreate {
                 name: name.clone(),
                 netns: None,
                 ip: None,
             },
         )?;
-        let ns = c["netns"].as_str().unwrap_or_default().to_string();
+        let ns = c.netns.display().to_string();
         sb.children.push(
             Command::new(&exe)
                 .args([
@@ -137,17 +145,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 .stdin(Stdio::null())
                 .spawn()?,
         );
-        let host_port = 8080 + i as u16;
-        api::call(
-            &sb.socket,
-            &Request::PortAdd {
-                container: name.clone(),
-                specs: vec![format!("{host_port}:80")],
+        let host_port = 8080 + u16::try_from(i)?;
+        let _: Vec<api::PortMapInfo> = client.post(
+            &path(paths::CONTAINER_PORTS, &name),
+            &api::PortsAdd {
+                specs: vec![format!("{host_port}:80").parse()?],
             },
         )?;
         println!(
             "  container {short}: ip {} (netns {ns}), published {UPLINK_IP}:{host_port} -> :80",
-            c["ip"].as_str().unwrap_or("?")
+            c.ip
         );
         published.push((short.to_string(), host_port));
     }
@@ -174,10 +181,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let total: u32 = ok.iter().sum();
-    if total != a.requests * published.len() as u32 {
+    let want = a.requests * u32::try_from(published.len())?;
+    if total != want {
         bail!(
-            "only {total} of {} requests succeeded (daemon log: {})",
-            a.requests * published.len() as u32,
+            "only {total} of {want} requests succeeded (daemon log: {})",
             sb.dir.join("daemon.log").display()
         );
     }
@@ -191,8 +198,9 @@ fn print_table(
     ok: &[u32],
     body: &[String],
 ) -> Result<()> {
-    let st = api::call(&sb.socket, &Request::Status)?;
-    let ct = api::call(&sb.socket, &Request::ConntrackList)?;
+    let client = Client::new(&sb.socket)?;
+    let st: api::Status = client.get(paths::STATUS)?;
+    let ct: Vec<api::ConntrackEntry> = client.get(paths::CONNTRACK)?;
     println!("{:<6} {:<22} {:>8}  LAST ANSWER", "NAME", "PUBLISHED", "OK");
     for (i, (name, port)) in published.iter().enumerate() {
         println!(
@@ -203,14 +211,13 @@ fn print_table(
             body[i]
         );
     }
-    let c = &st["counters"];
-    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let n = |k: &str| st.counters.get(k).copied().unwrap_or(0);
     println!(
         "datapath: dnat_uplink={} revnat={} conntrack_entries={} port_maps={}\n",
         n("dnat_uplink"),
         n("revnat"),
-        ct.as_array().map(Vec::len).unwrap_or(0),
-        st["maps"]["TG_PORTMAP"]["entries"]
+        ct.len(),
+        st.maps.get("TG_PORTMAP").map_or(0, |m| m.entries)
     );
     Ok(())
 }
@@ -238,7 +245,10 @@ fn build_topology(sb: &Sandbox) -> Result<()> {
 fn wait_ready(sb: &mut Sandbox) -> Result<()> {
     let start = Instant::now();
     loop {
-        if api::call(&sb.socket, &Request::Status).is_ok() {
+        if Client::new(&sb.socket)?
+            .get::<api::Status>(paths::STATUS)
+            .is_ok()
+        {
             return Ok(());
         }
         if let Some(st) = sb.children[0].try_wait()? {

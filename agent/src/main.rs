@@ -1,31 +1,10 @@
 //! `tollgate`: the node agent (daemon) and its CLI.
 
-mod api;
-mod cli;
-mod commands;
-mod containers;
-mod daemon;
-mod datapath;
-mod demo;
-mod limits;
-mod listeners;
-mod metrics;
-mod netlink;
-mod netns;
-mod node;
-mod policy;
-mod pool;
-mod portmaps;
-mod ports;
-mod reconcile;
-mod reset;
-mod state;
-
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = tollgate::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TOLLGATE_LOG")
@@ -34,7 +13,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = commands::run(cli) {
+    if let Err(e) = tollgate::commands::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -98,23 +98,23 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("namespace worker thread panicked"))?
 }
 
-/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, kernel >= 5.14):
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, kernel >= 5.14):
 /// the same value `bpf_get_netns_cookie()` returns for sockets in it.
 pub fn current_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")
         .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
         .context("creating a socket to read the netns cookie")?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut len: libc::socklen_t = 8;
     // SAFETY: valid fd, buffer and length for a u64 option.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
+            (&raw mut cookie).cast(),
+            &raw mut len,
         )
     };
     if rc != 0 {

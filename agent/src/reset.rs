@@ -5,17 +5,23 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use hyper::Method;
 
 use crate::{
-    api,
+    api::{
+        types::{paths, ShuttingDown},
+        Client,
+    },
     datapath::loader,
     netlink::{self, link},
-    netns, state,
+    netns, store,
 };
 
 pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Path) -> Result<()> {
     // A running daemon would re-pin things behind our back.
-    if api::call(socket, &api::Request::Shutdown).is_ok() {
+    let asked = Client::new(socket)
+        .and_then(|c| c.call::<(), ShuttingDown>(Method::POST, paths::SHUTDOWN, None));
+    if asked.is_ok() {
         for _ in 0..50 {
             if !socket.exists() {
                 break;
@@ -23,7 +29,7 @@ pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Pa
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
-    let st = state::load_dir(state_dir)?;
+    let st = store::load_dir(state_dir)?;
     let mut errors: Vec<String> = Vec::new();
     let node_ns = netns_name.map(netns::named_path);
     let ifnames: Vec<String> = st

@@ -66,7 +66,7 @@ fn serve_in<S: 'static>(
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let (s2, path) = (stop.clone(), format!("/run/netns/{ns}"));
-    let handle = std::thread::spawn(move || match enter(&path).and_then(|_| setup()) {
+    let handle = std::thread::spawn(move || match enter(&path).and_then(|()| setup()) {
         Ok(sock) => {
             let _ = tx.send(Ok(()));
             run(sock, s2);
@@ -307,7 +307,7 @@ impl Recorder {
 
 /// UDP sink in `ns` on `port`: records every datagram (source, payload), answers nothing.
 pub fn udp_sink(ns: &str, port: u16) -> Result<Recorder> {
-    let seen: Seen = Default::default();
+    let seen = Seen::default();
     let seen2 = seen.clone();
     Ok(Recorder {
         seen,
@@ -334,7 +334,7 @@ pub fn udp_sink(ns: &str, port: u16) -> Result<Recorder> {
 /// ICMP packet the namespace receives (the kernel still answers echo requests itself).
 /// The recorded port is the echo identifier for echo messages, 0 otherwise.
 pub fn icmp_sink(ns: &str) -> Result<Recorder> {
-    let seen: Seen = Default::default();
+    let seen = Seen::default();
     let seen2 = seen.clone();
     Ok(Recorder {
         seen,
@@ -359,8 +359,9 @@ pub fn icmp_sink(ns: &str) -> Result<Recorder> {
                         fd.as_raw_fd(),
                         libc::SOL_SOCKET,
                         libc::SO_RCVTIMEO,
-                        &tv as *const _ as *const libc::c_void,
-                        std::mem::size_of::<libc::timeval>() as u32,
+                        (&raw const tv).cast::<libc::c_void>(),
+                        libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>())
+                            .unwrap_or(0),
                     )
                 };
                 Ok(fd)
@@ -372,7 +373,7 @@ pub fn icmp_sink(ns: &str) -> Result<Recorder> {
                     let n = unsafe {
                         libc::recv(
                             fd.as_raw_fd(),
-                            buf.as_mut_ptr() as *mut libc::c_void,
+                            buf.as_mut_ptr().cast::<libc::c_void>(),
                             buf.len(),
                             0,
                         )
@@ -380,7 +381,7 @@ pub fn icmp_sink(ns: &str) -> Result<Recorder> {
                     if n < 20 {
                         continue;
                     }
-                    let pkt = &buf[..n as usize];
+                    let pkt = &buf[..n.cast_unsigned()];
                     let ihl = usize::from(pkt[0] & 0x0f) * 4;
                     if pkt.len() < ihl + 8 {
                         continue;
@@ -410,8 +411,7 @@ pub fn ping(ns: &str, ip: Ipv4Addr) -> bool {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 /// Sends `count` datagrams from `ns`, from a socket bound to `src` (port 0 = any), to `dst`.
@@ -433,7 +433,7 @@ pub fn udp_send_from(
     })
 }
 
-/// Raises this process's RLIMIT_NOFILE soft limit to `want` (capped at the hard limit);
+/// Raises this process's `RLIMIT_NOFILE` soft limit to `want` (capped at the hard limit);
 /// returns the limit in force.
 pub fn raise_nofile(want: u64) -> Result<u64> {
     let mut r = libc::rlimit {
@@ -441,14 +441,14 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
         rlim_max: 0,
     };
     // SAFETY: valid out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit");
     }
     let target = want.min(r.rlim_max);
     if r.rlim_cur < target {
         r.rlim_cur = target;
         // SAFETY: valid rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) } != 0 {
             return Err(std::io::Error::last_os_error()).context("setrlimit");
         }
     }
@@ -458,7 +458,7 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
 /// A TCP echo server for many concurrent connections: one thread, `poll(2)` over every
 /// connection, no greeting; records each accepted peer address.
 pub fn tcp_mass_echo(ns: &str, port: u16) -> Result<Recorder> {
-    let seen: Seen = Default::default();
+    let seen = Seen::default();
     let seen2 = seen.clone();
     Ok(Recorder {
         seen,
@@ -474,7 +474,7 @@ pub fn tcp_mass_echo(ns: &str, port: u16) -> Result<Recorder> {
                 let mut buf = [0u8; 4096];
                 while !s2.load(Ordering::SeqCst) {
                     let mut fds: Vec<libc::pollfd> = std::iter::once(l.as_raw_fd())
-                        .chain(conns.iter().map(|c| c.as_raw_fd()))
+                        .chain(conns.iter().map(AsRawFd::as_raw_fd))
                         .map(|fd| libc::pollfd {
                             fd,
                             events: libc::POLLIN,

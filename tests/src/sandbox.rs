@@ -115,7 +115,7 @@ impl Sandbox {
             tag,
             dir,
             daemon: None,
-            daemon_flags: flags.iter().map(|f| f.to_string()).collect(),
+            daemon_flags: flags.iter().map(ToString::to_string).collect(),
         };
         sb.build_topology()?;
         sb.start_daemon()?;
@@ -211,7 +211,7 @@ impl Sandbox {
     pub fn stop_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = c.try_wait() {

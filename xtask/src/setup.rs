@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "tcpdump",
     "procps",
+    // tests/tests/api.rs drives the API with `curl --unix-socket`.
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -224,7 +226,7 @@ fn bpf_linker() -> Result<()> {
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     // Drop links to an older nightly's LLVM, then link this one under both names.
-    for entry in fs::read_dir(&lib)?.filter_map(|e| e.ok()) {
+    for entry in fs::read_dir(&lib)?.filter_map(Result::ok) {
         if entry.file_name().to_string_lossy().starts_with("libLLVM") {
             remove_if_present(&entry.path())?;
         }

@@ -1,5 +1,5 @@
 //! Attach points: TCX ingress on the uplink and on each container's host veth, and the cgroup
-//! v2 root for the socket hooks. Every attachment is a bpf_link pinned under `links/`, so it
+//! v2 root for the socket hooks. Every attachment is a `bpf_link` pinned under `links/`, so it
 //! outlives the daemon; removing the pin (and the last fd) detaches it.
 
 use std::{
@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::{
-    links::FdLink, tc::TcAttachOptions, CgroupAttachMode, CgroupSockAddr, LinkOrder,
-    SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
 };
 use tracing::{debug, info};
 
@@ -98,10 +99,10 @@ pub fn attach_sock(pins: &Pins, progs: &mut BTreeMap<&'static str, CgroupSockAdd
 }
 
 /// Points every pinned link at the freshly loaded program of the same name
-/// (BPF_LINK_UPDATE swaps the program atomically).
+/// (`BPF_LINK_UPDATE` swaps the program atomically).
 pub fn update_links(
     pins: &Pins,
-    tc: &BTreeMap<&'static str, SchedClassifier>,
+    tc: &mut BTreeMap<&'static str, SchedClassifier>,
     sock: &BTreeMap<&'static str, CgroupSockAddr>,
 ) -> Result<()> {
     let dir = pins.links_dir();
@@ -112,21 +113,34 @@ pub fn update_links(
         let e = e?;
         let fname = e.file_name().to_string_lossy().to_string();
         let prog_name = fname.split('@').next().unwrap_or_default();
-        let prog_fd = if let Some(p) = tc.get(prog_name) {
-            p.fd()?.as_fd().as_raw_fd()
+        if let Some(prog) = tc.get_mut(prog_name) {
+            // aya's own API: reopen the pinned TCX link and hand it to the new program.
+            let link: FdLink = PinnedLink::from_pin(e.path())
+                .with_context(|| format!("opening {}", e.path().display()))?
+                .into();
+            let link = SchedClassifierLink::try_from(link)
+                .with_context(|| format!("{fname} is not a TCX link"))?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program of link {fname}"))?;
+            // The pin keeps the link; the program's copy of its fd is not needed.
+            drop(prog.take_link(id)?);
         } else if let Some(p) = sock.get(prog_name) {
-            p.fd()?.as_fd().as_raw_fd()
+            // aya 0.14 has no link update for cgroup links (only TC and XDP ones): the syscall
+            // is made directly on the link's pinned fd.
+            let link =
+                obj_get(&e.path()).with_context(|| format!("opening {}", e.path().display()))?;
+            link_update(link.as_raw_fd(), p.fd()?.as_fd().as_raw_fd())
+                .with_context(|| format!("replacing the program of link {fname}"))?;
         } else {
             continue;
-        };
-        let link = obj_get(&e.path()).with_context(|| format!("opening {}", e.path().display()))?;
-        link_update(link.as_raw_fd(), prog_fd)
-            .with_context(|| format!("replacing the program of link {fname}"))?;
+        }
         info!(link = %fname, "program replaced");
     }
     Ok(())
 }
 
+/// `BPF_LINK_UPDATE` (see `update_links` for why it is not aya's).
 fn link_update(link_fd: i32, prog_fd: i32) -> std::io::Result<()> {
     #[repr(C)]
     struct LinkUpdateAttr {
@@ -137,8 +151,8 @@ fn link_update(link_fd: i32, prog_fd: i32) -> std::io::Result<()> {
     }
     const BPF_LINK_UPDATE: libc::c_long = 29;
     let attr = LinkUpdateAttr {
-        link_fd: link_fd as u32,
-        new_prog_fd: prog_fd as u32,
+        link_fd: link_fd.cast_unsigned(),
+        new_prog_fd: prog_fd.cast_unsigned(),
         flags: 0,
         old_prog_fd: 0,
     };
@@ -147,8 +161,8 @@ fn link_update(link_fd: i32, prog_fd: i32) -> std::io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_LINK_UPDATE,
-            &attr as *const LinkUpdateAttr,
-            std::mem::size_of::<LinkUpdateAttr>(),
+            &raw const attr,
+            size_of::<LinkUpdateAttr>(),
         )
     };
     if rc < 0 {
@@ -157,7 +171,8 @@ fn link_update(link_fd: i32, prog_fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// BPF_OBJ_GET: opens a pinned object (aya keeps the fd of its link types private).
+/// `BPF_OBJ_GET`: opens a pinned object as a plain fd (aya's `PinnedLink` keeps its fd private,
+/// and the cgroup link update above needs it).
 fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     #[repr(C)]
@@ -182,13 +197,14 @@ fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_OBJ_GET,
-            &attr as *const ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>(),
+            &raw const attr,
+            size_of::<ObjGetAttr>(),
         )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("fd out of range"))?;
     // SAFETY: the kernel returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -5,7 +5,7 @@
 //! instead of creating a map) and the pinned programs, so neither conntrack nor the attached
 //! datapath is disturbed. When the embedded object differs from the one that was pinned (an
 //! upgrade), the new programs replace the old ones inside the existing links atomically
-//! (BPF_LINK_UPDATE): traffic never sees a moment without a program. A pinned map whose
+//! (`BPF_LINK_UPDATE`): traffic never sees a moment without a program. A pinned map whose
 //! layout changed in the upgrade is replaced and its entries carried over (`migrate`).
 
 use std::{
@@ -158,7 +158,7 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     }
     if upgrade {
         // Existing links (from an older object) now run the new programs.
-        super::attach::update_links(pins, &tc, &sock)?;
+        super::attach::update_links(pins, &mut tc, &sock)?;
         let _ = std::fs::remove_dir_all(pins.stamp_dir());
         std::fs::create_dir_all(&stamp).context("recording the object id in bpffs")?;
         info!(object = %id, "datapath programs loaded and pinned");

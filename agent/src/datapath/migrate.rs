@@ -182,7 +182,7 @@ fn elem_op(
     flags: u64,
 ) -> io::Result<()> {
     let mut attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
+        map_fd: fd.as_raw_fd().cast_unsigned(),
         _pad: 0,
         key: key as u64,
         value_or_next_key: value as u64,
@@ -195,7 +195,7 @@ fn elem_op(
             libc::SYS_bpf,
             cmd,
             &raw mut attr,
-            size_of::<ElemAttr>() as libc::c_uint,
+            libc::c_uint::try_from(size_of::<ElemAttr>()).unwrap_or(0),
         )
     };
     if rc < 0 {

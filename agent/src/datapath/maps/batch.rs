@@ -37,8 +37,8 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as libc::c_uint,
+            std::ptr::from_mut(attr),
+            libc::c_uint::try_from(size_of::<BatchAttr>()).unwrap_or(0),
         )
     };
     if rc < 0 {
@@ -64,8 +64,8 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
             out_batch: std::ptr::from_mut(&mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd.as_raw_fd() as u32,
+            count: u32::try_from(chunk).unwrap_or(u32::MAX),
+            map_fd: fd.as_raw_fd().cast_unsigned(),
             ..BatchAttr::default()
         };
         let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
@@ -100,8 +100,8 @@ pub fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
         let n = rest.len().min(CHUNK);
         let mut attr = BatchAttr {
             keys: rest.as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd.as_raw_fd() as u32,
+            count: u32::try_from(n).unwrap_or(u32::MAX),
+            map_fd: fd.as_raw_fd().cast_unsigned(),
             ..BatchAttr::default()
         };
         let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);

@@ -8,17 +8,7 @@ use aya::maps::{HashMap, Map, MapData, MapError};
 use datapath_common::endpoint::Endpoint;
 
 use super::{ctx, ip_from_net, ip_to_net};
-
-/// A container as the datapath sees it, in host terms.
-#[derive(Clone, Copy, Debug)]
-pub struct EndpointInfo {
-    pub id: u32,
-    pub ip: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub host_ifindex: u32,
-    /// `EP_*` bits (egress default stance).
-    pub flags: u32,
-}
+use crate::datapath::types::EndpointInfo;
 
 pub struct EndpointTable {
     endpoints: HashMap<MapData, u32, Endpoint>,

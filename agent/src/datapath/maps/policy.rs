@@ -73,7 +73,7 @@ impl PolicyTable {
             out.push((
                 u32::from_be(d.endpoint_id_be),
                 ip_from_net(d.ip),
-                (k.prefix_len() - 32) as u8,
+                u8::try_from(k.prefix_len() - 32).unwrap_or(32),
             ));
         }
         Ok(out)

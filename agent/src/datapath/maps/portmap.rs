@@ -1,46 +1,27 @@
 //! `TG_PORTMAP` (published port -> container) and `TG_PORT_GUARD` (ports the bind4 hook
 //! refuses to node processes).
 
-use std::net::Ipv4Addr;
-
 use anyhow::Result;
 use aya::maps::{HashMap, Map, MapData, MapError};
 use datapath_common::portmap::{PortKey, PortValue};
 
 use super::{ctx, ip_from_net, ip_to_net, port_from_net, port_to_net};
+use crate::datapath::types::{Published, Target};
 
-/// Where a published port leads, in host terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub container_ip: Ipv4Addr,
-    pub container_port: u16,
-    pub host_ifindex: u32,
-    pub endpoint_id: u32,
-}
-
-/// A map key in host terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Published {
-    pub host_ip: Option<Ipv4Addr>,
-    pub port: u16,
-    pub proto: u8,
-}
-
-impl Published {
-    fn key(&self) -> PortKey {
-        PortKey {
-            host_ip: self.host_ip.map(ip_to_net).unwrap_or(0),
-            port: port_to_net(self.port),
-            proto: self.proto,
-            _pad: 0,
-        }
+fn key(p: Published) -> PortKey {
+    PortKey {
+        host_ip: p.host_ip.map_or(0, ip_to_net),
+        port: port_to_net(p.port),
+        proto: p.proto,
+        _pad: 0,
     }
-    fn from_key(k: &PortKey) -> Self {
-        Self {
-            host_ip: (k.host_ip != 0).then(|| ip_from_net(k.host_ip)),
-            port: port_from_net(k.port),
-            proto: k.proto,
-        }
+}
+
+fn published(k: PortKey) -> Published {
+    Published {
+        host_ip: (k.host_ip != 0).then(|| ip_from_net(k.host_ip)),
+        port: port_from_net(k.port),
+        proto: k.proto,
     }
 }
 
@@ -65,17 +46,17 @@ impl PortMapTable {
             host_ifindex: t.host_ifindex,
             endpoint_id: t.endpoint_id,
         };
-        ctx(self.map.insert(p.key(), v, 0), || {
+        ctx(self.map.insert(key(p), v, 0), || {
             format!("writing port map {}/{}", p.port, p.proto)
         })?;
-        let g = Published { host_ip: None, ..p }.key();
+        let g = key(Published { host_ip: None, ..p });
         ctx(self.guard.insert(g, 1, 0), || {
             format!("writing port guard {}", p.port)
         })
     }
 
     pub fn remove(&mut self, p: Published) -> Result<()> {
-        match self.map.remove(&p.key()) {
+        match self.map.remove(&key(p)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -83,12 +64,11 @@ impl PortMapTable {
 
     /// Drops the bind guard of (port, proto); call when no map of it remains.
     pub fn remove_guard(&mut self, port: u16, proto: u8) -> Result<()> {
-        let g = Published {
+        let g = key(Published {
             host_ip: None,
             port,
             proto,
-        }
-        .key();
+        });
         match self.guard.remove(&g) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
@@ -98,7 +78,7 @@ impl PortMapTable {
     pub fn keys(&self) -> Result<Vec<Published>> {
         let mut out = Vec::new();
         for k in self.map.keys() {
-            out.push(Published::from_key(&k?));
+            out.push(published(k?));
         }
         Ok(out)
     }
@@ -106,14 +86,14 @@ impl PortMapTable {
     pub fn guard_keys(&self) -> Result<Vec<(u16, u8)>> {
         let mut out = Vec::new();
         for k in self.guard.keys() {
-            let p = Published::from_key(&k?);
+            let p = published(k?);
             out.push((p.port, p.proto));
         }
         Ok(out)
     }
 
     pub fn get(&self, p: Published) -> Result<Option<Target>> {
-        match self.map.get(&p.key(), 0) {
+        match self.map.get(&key(p), 0) {
             Ok(v) => Ok(Some(Target {
                 container_ip: ip_from_net(v.container_ip),
                 container_port: port_from_net(v.container_port),

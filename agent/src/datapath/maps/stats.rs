@@ -3,23 +3,14 @@
 
 use anyhow::Result;
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-use datapath_common::{drop::DROP_REASONS, endpoint::EpStats, stats::CNT_CT_REMOVED};
+use datapath_common::{endpoint::EpStats, stats::CNT_CT_REMOVED};
 
 use super::ctx;
+use crate::datapath::types::EpTotals;
 
 pub struct StatsTable {
     ep: PerCpuArray<MapData, EpStats>,
     counters: PerCpuArray<MapData, u64>,
-}
-
-/// One container's counters summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EpTotals {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub drops: [u64; DROP_REASONS],
 }
 
 impl StatsTable {

@@ -1,102 +1,18 @@
-//! The daemon's desired state, persisted as JSON under `--state-dir` and written atomically
-//! (temp file + fsync + rename) so a `kill -9` leaves either the old or the new file.
-//! On start the daemon re-applies it to the kernel (see `reconcile`).
+//! The embedded store: the state as JSON under `--state-dir`, a snapshot written atomically
+//! (temp file + fsync + rename) so a `kill -9` leaves either the old or the new file, plus a
+//! journal of port-map changes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     fs::{File, OpenOptions},
     io::Write,
-    net::Ipv4Addr,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::ports::Proto;
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Container {
-    pub name: String,
-    /// Agent-assigned id, also used in interface names and the datapath's endpoint id.
-    pub id: u32,
-    /// Path of the container's network namespace.
-    pub netns: PathBuf,
-    /// Whether tollgate created the namespace (and so deletes it).
-    pub netns_created: bool,
-    pub ip: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub prefix_len: u8,
-    pub host_ifname: String,
-    /// ifindex of the host veth when it was set up; a different current ifindex means the
-    /// veth was recreated and its pinned TC link is stale.
-    #[serde(default)]
-    pub host_ifindex: u32,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortMapping {
-    /// None: every local address of the node.
-    pub host_ip: Option<Ipv4Addr>,
-    pub host_port: u16,
-    pub container_port: u16,
-    pub proto: Proto,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct State {
-    pub containers: BTreeMap<String, Container>,
-    /// Port maps by container name.
-    pub ports: BTreeMap<String, Vec<PortMapping>>,
-    /// Kept for state files of older versions; ids are now the smallest free one.
-    #[serde(default)]
-    pub next_id: u32,
-    /// One-way ICC exceptions: (from, to) container names.
-    #[serde(default)]
-    pub links: BTreeSet<(String, String)>,
-    /// Egress policy by container name (absent: allow everything, no rules).
-    #[serde(default)]
-    pub policies: BTreeMap<String, crate::policy::Policy>,
-    /// Rate limits by container name.
-    #[serde(default)]
-    pub limits: BTreeMap<String, crate::limits::Limit>,
-}
-
-impl State {
-    pub fn all_ports(&self) -> impl Iterator<Item = (&str, &PortMapping)> {
-        self.ports
-            .iter()
-            .flat_map(|(c, v)| v.iter().map(move |m| (c.as_str(), m)))
-    }
-}
-
-/// One journaled change of port maps (the only frequent change, and the one that must stay
-/// cheap with tens of thousands of maps). Replaying is idempotent: adding a present map or
-/// removing an absent one is a no-op, so a journal already folded into the snapshot is harmless.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PortChange {
-    pub container: String,
-    #[serde(default)]
-    pub added: Vec<PortMapping>,
-    #[serde(default)]
-    pub removed: Vec<PortMapping>,
-}
-
-impl PortChange {
-    pub fn apply(&self, st: &mut State) {
-        let v = st.ports.entry(self.container.clone()).or_default();
-        v.retain(|m| !self.removed.contains(m));
-        for m in &self.added {
-            if !v.contains(m) {
-                v.push(*m);
-            }
-        }
-        if v.is_empty() {
-            st.ports.remove(&self.container);
-        }
-    }
-}
+use super::{Commit, Store};
+use crate::model::{PortChange, State};
 
 /// Journal lines after which the snapshot is rewritten and the journal emptied.
 const COMPACT_AFTER: usize = 512;
@@ -106,14 +22,14 @@ const COMPACT_AFTER: usize = 512;
 /// the directory so two daemons can never share one state (they would fight over the maps).
 /// A `kill -9` at any point leaves a loadable state: at worst a torn last journal line, which
 /// is ignored because the change it carried was never acknowledged.
-pub struct Store {
+pub struct FileStore {
     path: PathBuf,
     journal: PathBuf,
     journal_lines: std::sync::atomic::AtomicUsize,
     _lock: File,
 }
 
-impl Store {
+impl FileStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating state dir {}", dir.display()))?;
@@ -138,15 +54,8 @@ impl Store {
         })
     }
 
-    /// Snapshot plus journal; the result is saved as a fresh snapshot right away.
-    pub fn load(&self) -> Result<State> {
-        let st = load_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        self.save(&st)?;
-        Ok(st)
-    }
-
     /// Writes a full snapshot and empties the journal.
-    pub fn save(&self, state: &State) -> Result<()> {
+    fn save(&self, state: &State) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let data = serde_json::to_vec(state)?;
         let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
@@ -169,7 +78,7 @@ impl Store {
 
     /// Records a port-map change: one appended, fsynced line (a full snapshot every
     /// `COMPACT_AFTER` changes, given `state`, which must already include the change).
-    pub fn save_ports(&self, change: &PortChange, state: &State) -> Result<()> {
+    fn save_ports(&self, change: &PortChange, state: &State) -> Result<()> {
         if self
             .journal_lines
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -190,6 +99,22 @@ impl Store {
         self.journal_lines
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl Store for FileStore {
+    /// Snapshot plus journal; the result is saved as a fresh snapshot right away.
+    fn load(&mut self) -> Result<State> {
+        let st = load_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        self.save(&st)?;
+        Ok(st)
+    }
+
+    fn commit(&mut self, next: &State, what: &Commit) -> Result<()> {
+        match what {
+            Commit::Snapshot => self.save(next),
+            Commit::Ports(change) => self.save_ports(change, next),
+        }
     }
 }
 
@@ -222,7 +147,7 @@ pub fn load_dir(dir: &Path) -> Result<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::Proto;
+    use crate::model::{PortMapping, Proto};
 
     fn pm(port: u16) -> PortMapping {
         PortMapping {
@@ -237,7 +162,7 @@ mod tests {
     fn journal_replays_idempotently_and_skips_a_torn_line() {
         let dir = std::env::temp_dir().join(format!("tg-state-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let mut store = FileStore::open(&dir).unwrap();
         let mut st = store.load().unwrap();
         for (added, removed) in [(vec![pm(1), pm(2)], vec![]), (vec![pm(3)], vec![pm(1)])] {
             let c = PortChange {

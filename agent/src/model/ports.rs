@@ -1,5 +1,6 @@
 //! Docker `-p` port specs: `[HOST_IP:][HOST_PORT[-END]]:CONTAINER_PORT[-END][/tcp|/udp]`
-//! for `port add`, and `[HOST_IP:]HOST_PORT[-END][/tcp|/udp]` for `port del`.
+//! for `port add`, and `[HOST_IP:]HOST_PORT[-END][/tcp|/udp]` for `port del`, and the port
+//! maps they expand to. Specs travel in the API in their Docker form (a JSON string).
 
 use std::{fmt, net::Ipv4Addr, ops::RangeInclusive, str::FromStr};
 
@@ -42,8 +43,28 @@ impl FromStr for Proto {
     }
 }
 
+/// One published port: what the state stores and `port list` shows.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortMapping {
+    /// None: every local address of the node.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(f, "{}/{}", self.host_port, self.proto)
+    }
+}
+
 /// A parsed `port add` spec.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct AddSpec {
     pub host_ip: Option<Ipv4Addr>,
     /// None: allocate from `--port-range`, one port per container port.
@@ -53,7 +74,8 @@ pub struct AddSpec {
 }
 
 /// A parsed `port del` spec.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DelSpec {
     pub host_ip: Option<Ipv4Addr>,
     pub host_ports: RangeInclusive<u16>,
@@ -71,25 +93,22 @@ fn parse_port(s: &str) -> Result<u16> {
     let n: u32 = s
         .parse()
         .map_err(|_| anyhow!("{s:?} is not a port number"))?;
-    if n == 0 || n > 65535 {
-        bail!("port {n} is out of range (1-65535)");
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => bail!("port {n} is out of range (1-65535)"),
     }
-    Ok(n as u16)
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>> {
-    match s.split_once('-') {
-        Some((a, b)) => {
-            let (a, b) = (parse_port(a)?, parse_port(b)?);
-            if b < a {
-                bail!("port range {s} ends before it starts");
-            }
-            Ok(a..=b)
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b) = (parse_port(a)?, parse_port(b)?);
+        if b < a {
+            bail!("port range {s} ends before it starts");
         }
-        None => {
-            let p = parse_port(s)?;
-            Ok(p..=p)
-        }
+        Ok(a..=b)
+    } else {
+        let p = parse_port(s)?;
+        Ok(p..=p)
     }
 }
 
@@ -160,6 +179,58 @@ impl FromStr for DelSpec {
         })
     }
 }
+
+fn fmt_range(f: &mut fmt::Formatter<'_>, r: &RangeInclusive<u16>) -> fmt::Result {
+    if r.start() == r.end() {
+        write!(f, "{}", r.start())
+    } else {
+        write!(f, "{}-{}", r.start(), r.end())
+    }
+}
+
+impl fmt::Display for AddSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        if let Some(h) = &self.host_ports {
+            fmt_range(f, h)?;
+        }
+        f.write_str(":")?;
+        fmt_range(f, &self.container_ports)?;
+        write!(f, "/{}", self.proto)
+    }
+}
+
+impl fmt::Display for DelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        fmt_range(f, &self.host_ports)?;
+        write!(f, "/{}", self.proto)
+    }
+}
+
+macro_rules! string_serde {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> std::result::Result<Self, String> {
+                s.parse().map_err(|e: anyhow::Error| format!("{e:#}"))
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+pub(crate) use string_serde;
+
+string_serde!(AddSpec);
+string_serde!(DelSpec);
 
 /// Parses `LO-HI` for `--port-range`.
 pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>> {
@@ -234,6 +305,21 @@ mod tests {
         );
         assert!("0".parse::<DelSpec>().is_err());
         assert!("x:80".parse::<DelSpec>().is_err());
+    }
+
+    #[test]
+    fn specs_round_trip_through_their_docker_form() {
+        for s in ["8080:80/tcp", "10.0.0.1:8000-8009:80-89/udp", ":80/tcp"] {
+            let a: AddSpec = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+            assert_eq!(a.to_string().parse::<AddSpec>().unwrap(), a);
+        }
+        let d: DelSpec = "10.0.0.1:8000-8001/udp".parse().unwrap();
+        assert_eq!(d.to_string().parse::<DelSpec>().unwrap(), d);
+        let j = serde_json::to_string(&add("8080:80")).unwrap();
+        assert_eq!(j, "\"8080:80/tcp\"");
+        let e = serde_json::from_str::<AddSpec>("\"0:80\"").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
     }
 
     #[test]

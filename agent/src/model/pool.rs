@@ -35,9 +35,9 @@ impl Pool {
 
     fn slots(&self) -> impl Iterator<Item = Slot> {
         let base = u32::from(self.net.network());
-        let count = 1u64 << (SLOT_PREFIX - self.net.prefix_len());
+        let count = 1u32 << (SLOT_PREFIX - self.net.prefix_len());
         (0..count).map(move |i| {
-            let n = base + (i as u32) * 4;
+            let n = base + i * 4;
             Slot {
                 network: n.into(),
                 gateway: (n + 1).into(),

@@ -1,14 +1,11 @@
-//! `limit set/clear/show`: per-container rate limits, written to `TG_RATELIMIT` (token buckets
-//! policed by the datapath: egress in `from_container`, ingress in `to_container`).
+//! Rates and sizes as `tc` writes them (`50mbit`, `64kb`), and a container's limits: token
+//! buckets policed by the datapath (egress in `from_container`, ingress in `to_container`).
 
-use std::fmt;
+use std::{fmt, str::FromStr};
 
 use anyhow::{bail, Context, Result};
 use datapath_common::ratelimit::{default_burst, RateLimit, TokenBucket};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-
-use crate::node::Node;
 
 /// A container's limits; rates in bits/s, burst in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +16,12 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// Bucket depth in bytes: the given burst, or the default for the larger rate.
+    pub fn burst_bytes(&self) -> Option<u64> {
+        let b = |r: Option<u64>| r.map(|r| self.burst.unwrap_or(default_burst(r)));
+        b(self.egress).or(b(self.ingress))
+    }
+
     pub fn buckets(&self) -> RateLimit {
         let bucket = |rate: Option<u64>| match rate {
             Some(r) => TokenBucket::new(r, self.burst.unwrap_or(default_burst(r))),
@@ -58,7 +61,13 @@ pub fn parse_rate(s: &str) -> Result<u64> {
     if !(8.0..=1e12).contains(&bits) {
         bail!("rate {s:?} is out of range (8bit to 1tbit)");
     }
-    Ok(bits as u64)
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "8 <= bits <= 1e12, checked just above; the fraction of a bit goes"
+    )]
+    let bits = bits as u64;
+    Ok(bits)
 }
 
 /// Parses a size: `64kb`, `1mb`, `1500b`, `2m` (k = 1024, as tc does).
@@ -85,10 +94,50 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(v)
 }
 
+/// A rate in bits/s; parses and prints the `tc` form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate(pub u64);
+
+impl FromStr for Rate {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_rate(s).map(Rate)
+    }
+}
+
+/// A bucket depth in bytes (`64kb`, `1mb`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_size(s).map(Size)
+    }
+}
+
+/// Checks a rate given in bits/s (the API takes numbers) against the range `parse_rate` allows.
+pub fn check_rate(bits: u64) -> Result<u64> {
+    if !(8..=1_000_000_000_000).contains(&bits) {
+        bail!("rate {bits} bit/s is out of range (8bit to 1tbit)");
+    }
+    Ok(bits)
+}
+
+/// Checks a burst in bytes against the range `parse_size` allows.
+pub fn check_size(bytes: u64) -> Result<u64> {
+    if !((64 * 1024)..=(1u64 << 32)).contains(&bytes) {
+        bail!("burst {bytes} bytes is out of range (64kb to 4gb; a veth carries packets of up to 64kb)");
+    }
+    Ok(bytes)
+}
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a rate printed with two decimals needs far fewer than 52 bits"
+        )]
         let r = self.0 as f64;
         for (d, u) in [(1e9, "gbit"), (1e6, "mbit"), (1e3, "kbit")] {
             if r >= d {
@@ -101,89 +150,6 @@ impl fmt::Display for Rate {
             }
         }
         write!(f, "{}bit", self.0)
-    }
-}
-
-fn limit_json(name: &str, l: &Limit) -> Value {
-    let b = |r: Option<u64>| r.map(|r| l.burst.unwrap_or(default_burst(r)));
-    json!({
-        "container": name,
-        "egress_bps": l.egress,
-        "ingress_bps": l.ingress,
-        "egress": l.egress.map(|r| Rate(r).to_string()),
-        "ingress": l.ingress.map(|r| Rate(r).to_string()),
-        "burst_bytes": b(l.egress).or(b(l.ingress)),
-    })
-}
-
-impl Node {
-    /// Writes a container's buckets (full) to the datapath.
-    pub fn sync_limit(&mut self, name: &str) -> Result<()> {
-        let id = self.container(name)?.id;
-        let l = self.state.limits.get(name).copied().unwrap_or_default();
-        self.dp.maps.ratelimit.set(id, l.buckets())
-    }
-
-    pub fn limit_set(
-        &mut self,
-        name: &str,
-        egress: Option<String>,
-        ingress: Option<String>,
-        burst: Option<String>,
-    ) -> Result<Value> {
-        self.container(name)?;
-        if egress.is_none() && ingress.is_none() {
-            bail!("give --egress RATE and/or --ingress RATE (e.g. --egress 50mbit)");
-        }
-        let mut l = self.state.limits.get(name).copied().unwrap_or_default();
-        if let Some(e) = egress {
-            l.egress = Some(parse_rate(&e).context("--egress")?);
-        }
-        if let Some(i) = ingress {
-            l.ingress = Some(parse_rate(&i).context("--ingress")?);
-        }
-        if let Some(b) = burst {
-            l.burst = Some(parse_size(&b).context("--burst")?);
-        }
-        let mut next = self.state.clone();
-        next.limits.insert(name.to_string(), l);
-        self.apply_limit(next, name)?;
-        Ok(limit_json(name, &l))
-    }
-
-    pub fn limit_clear(&mut self, name: &str) -> Result<Value> {
-        self.container(name)?;
-        let mut next = self.state.clone();
-        if next.limits.remove(name).is_none() {
-            bail!("container {name} has no limits");
-        }
-        self.apply_limit(next, name)?;
-        Ok(json!({"container": name, "cleared": true}))
-    }
-
-    fn apply_limit(&mut self, next: crate::state::State, name: &str) -> Result<()> {
-        let prev = std::mem::replace(&mut self.state, next);
-        if let Err(e) = self.sync_limit(name).and_then(|_| self.save()) {
-            self.state = prev;
-            let _ = self.sync_limit(name);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    pub fn limit_show(&self, name: Option<&str>) -> Result<Value> {
-        if let Some(n) = name {
-            self.container(n)?;
-            let l = self.state.limits.get(n).copied().unwrap_or_default();
-            return Ok(limit_json(n, &l));
-        }
-        Ok(Value::Array(
-            self.state
-                .limits
-                .iter()
-                .map(|(n, l)| limit_json(n, l))
-                .collect(),
-        ))
     }
 }
 

@@ -8,10 +8,10 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use crate::ports::Proto;
+use crate::model::Proto;
 
 /// True when `ip:port` (every address when None) cannot be bound for `proto` because a socket
-/// holds it: a TCP listener (SO_REUSEADDR, as servers use, so TIME_WAIT leftovers do not
+/// holds it: a TCP listener (`SO_REUSEADDR`, as servers use, so `TIME_WAIT` leftovers do not
 /// count) or any bound UDP socket. A host IP that is not the node's cannot be held by a node
 /// process, so it is reported free.
 pub fn held(ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {

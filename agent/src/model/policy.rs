@@ -1,4 +1,5 @@
-//! Egress policy and ICC links: `policy link/unlink/egress/allow/deny/rm/list`.
+//! Egress policy: rule specs (`CIDR[:PORT[-PORT]][/proto]`), a container's policy, and its
+//! compilation into `TG_POLICY` chains.
 //!
 //! Rules are kept per container in the state and compiled into `TG_POLICY` chains: for every
 //! prefix a container has rules for, the chain lists every rule that covers that prefix
@@ -11,16 +12,11 @@ use std::{collections::BTreeSet, fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{anyhow, bail, Context, Result};
 use datapath_common::{
-    endpoint::{
-        PolicyChain, PolicyRule, EP_EGRESS_DENY, POLICY_ALLOW, POLICY_CHAIN_MAX, POLICY_DENY,
-    },
+    endpoint::{PolicyChain, PolicyRule, POLICY_ALLOW, POLICY_CHAIN_MAX, POLICY_DENY},
     proto,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-
-use crate::node::Node;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,7 +34,7 @@ pub enum RuleProto {
 }
 
 impl RuleProto {
-    fn number(self) -> u8 {
+    pub fn number(self) -> u8 {
         match self {
             RuleProto::Tcp => proto::TCP,
             RuleProto::Udp => proto::UDP,
@@ -117,7 +113,7 @@ impl FromStr for Match {
         let ports = match ports {
             None => None,
             Some(p) => {
-                let r = crate::ports::parse_port_range(p).with_context(ctx)?;
+                let r = crate::model::ports::parse_port_range(p).with_context(ctx)?;
                 Some((*r.start(), *r.end()))
             }
         };
@@ -149,6 +145,45 @@ impl fmt::Display for Match {
     }
 }
 
+/// A rule spec as the API carries it: `Match` in its string form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RuleSpec(pub Match);
+
+impl FromStr for RuleSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        s.parse().map(RuleSpec)
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+crate::model::ports::string_serde!(RuleSpec);
+
+/// The default stance for a container's new outbound flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stance {
+    Allow,
+    Deny,
+}
+
+impl FromStr for Stance {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "allow" => Ok(Stance::Allow),
+            "deny" => Ok(Stance::Deny),
+            _ => bail!("egress stance must be allow or deny, not {s:?}"),
+        }
+    }
+}
+
 /// Compiles a policy into (prefix, chain) pairs.
 pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
     let prefixes: BTreeSet<Ipv4Net> = p.rules.iter().map(|r| r.m.net).collect();
@@ -175,7 +210,7 @@ pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
             );
         }
         let mut chain = PolicyChain {
-            len: covering.len() as u32,
+            len: u32::try_from(covering.len()).unwrap_or(u32::MAX),
             ..Default::default()
         };
         for (slot, r) in chain.rules.iter_mut().zip(&covering) {
@@ -183,7 +218,7 @@ pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
             *slot = PolicyRule {
                 port_lo: lo,
                 port_hi: hi,
-                proto: r.m.proto.map(RuleProto::number).unwrap_or(0),
+                proto: r.m.proto.map_or(0, RuleProto::number),
                 action: if r.action == Action::Allow {
                     POLICY_ALLOW
                 } else {
@@ -195,182 +230,6 @@ pub fn compile(p: &Policy) -> Result<Vec<(Ipv4Net, PolicyChain)>> {
         out.push((prefix, chain));
     }
     Ok(out)
-}
-
-fn rule_json(r: &Rule) -> Value {
-    json!({
-        "cidr": r.m.net.to_string(),
-        "ports": r.m.ports.map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }),
-        "proto": r.m.proto.map(|p| p.to_string()),
-        "action": r.action,
-    })
-}
-
-impl Node {
-    /// `EP_*` flags of a container's endpoint entry.
-    pub fn endpoint_flags(&self, name: &str) -> u32 {
-        match self.state.policies.get(name) {
-            Some(p) if p.egress_deny => EP_EGRESS_DENY,
-            _ => 0,
-        }
-    }
-
-    /// Writes a container's chains (new ones first, then removes stale prefixes, so no packet
-    /// ever sees a half-empty policy).
-    pub fn sync_policy(&mut self, name: &str) -> Result<()> {
-        let c = self.container(name)?.clone();
-        let chains = match self.state.policies.get(name) {
-            Some(p) => compile(p)?,
-            None => Vec::new(),
-        };
-        for (net, chain) in &chains {
-            self.dp
-                .maps
-                .policy
-                .set_chain(c.id, net.network(), net.prefix_len(), chain)?;
-        }
-        for (id, net, len) in self.dp.maps.policy.prefixes()? {
-            if id == c.id
-                && !chains
-                    .iter()
-                    .any(|(n, _)| n.network() == net && n.prefix_len() == len)
-            {
-                self.dp.maps.policy.remove_chain(id, net, len)?;
-            }
-        }
-        let info = self.endpoint_info(&c);
-        self.dp.maps.endpoints.insert(&info)
-    }
-
-    /// Makes `TG_LINKS` match the state.
-    pub fn sync_links(&mut self) -> Result<()> {
-        let want: BTreeSet<(u32, u32)> = self
-            .state
-            .links
-            .iter()
-            .filter_map(|(f, t)| {
-                Some((
-                    self.state.containers.get(f)?.id,
-                    self.state.containers.get(t)?.id,
-                ))
-            })
-            .collect();
-        for (f, t) in &want {
-            self.dp.maps.policy.set_link(*f, *t)?;
-        }
-        for (f, t) in self.dp.maps.policy.links()? {
-            if !want.contains(&(f, t)) {
-                self.dp.maps.policy.remove_link(f, t)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every policy chain of endpoint ids no container has.
-    pub fn sync_all_policies(&mut self) -> Result<()> {
-        let names: Vec<String> = self.state.containers.keys().cloned().collect();
-        for n in &names {
-            self.sync_policy(n)?;
-        }
-        let ids: BTreeSet<u32> = self.state.containers.values().map(|c| c.id).collect();
-        for (id, net, len) in self.dp.maps.policy.prefixes()? {
-            if !ids.contains(&id) {
-                self.dp.maps.policy.remove_chain(id, net, len)?;
-            }
-        }
-        self.sync_links()
-    }
-
-    fn apply_policy_change(&mut self, next: crate::state::State, name: &str) -> Result<()> {
-        let prev = std::mem::replace(&mut self.state, next);
-        let applied = self
-            .sync_policy(name)
-            .and_then(|_| self.sync_links())
-            .and_then(|_| self.save());
-        if let Err(e) = applied {
-            self.state = prev;
-            // Put the datapath back as it was; report the original error.
-            let _ = self.sync_policy(name);
-            let _ = self.sync_links();
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    pub fn policy_link(&mut self, from: &str, to: &str, add: bool) -> Result<Value> {
-        self.container(from)?;
-        self.container(to)?;
-        if from == to {
-            bail!("a container always reaches itself; link two different containers");
-        }
-        let mut next = self.state.clone();
-        let key = (from.to_string(), to.to_string());
-        if add {
-            next.links.insert(key);
-        } else if !next.links.remove(&key) {
-            bail!("there is no link from {from} to {to}");
-        }
-        self.apply_policy_change(next, from)?;
-        Ok(json!({"from": from, "to": to, "linked": add}))
-    }
-
-    pub fn policy_egress(&mut self, name: &str, stance: &str) -> Result<Value> {
-        self.container(name)?;
-        let deny = match stance {
-            "allow" => false,
-            "deny" => true,
-            _ => bail!("egress stance must be allow or deny, not {stance:?}"),
-        };
-        let mut next = self.state.clone();
-        next.policies
-            .entry(name.to_string())
-            .or_default()
-            .egress_deny = deny;
-        self.apply_policy_change(next, name)?;
-        self.policy_list(name)
-    }
-
-    pub fn policy_rule(&mut self, name: &str, spec: &str, action: Option<Action>) -> Result<Value> {
-        self.container(name)?;
-        let m: Match = spec.parse()?;
-        let mut next = self.state.clone();
-        let p = next.policies.entry(name.to_string()).or_default();
-        match action {
-            Some(a) => {
-                p.rules.retain(|r| r.m != m);
-                p.rules.push(Rule { m, action: a });
-                compile(p)?;
-            }
-            None => {
-                let before = p.rules.len();
-                p.rules.retain(|r| r.m != m);
-                if p.rules.len() == before {
-                    bail!("container {name} has no rule {m} (see `tollgate policy list {name}`)");
-                }
-            }
-        }
-        self.apply_policy_change(next, name)?;
-        self.policy_list(name)
-    }
-
-    pub fn policy_list(&self, name: &str) -> Result<Value> {
-        self.container(name)?;
-        let p = self.state.policies.get(name).cloned().unwrap_or_default();
-        let links: Vec<&String> = self
-            .state
-            .links
-            .iter()
-            .filter(|(f, _)| f == name)
-            .map(|(_, t)| t)
-            .collect();
-        Ok(json!({
-            "container": name,
-            "egress": if p.egress_deny { "deny" } else { "allow" },
-            "icc": self.settings.icc,
-            "links": links,
-            "rules": p.rules.iter().map(rule_json).collect::<Vec<_>>(),
-        }))
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,337 @@
+//! The daemon's API: request and response bodies of the `/v1` routes, one type per body.
+//! The CLI, the metrics exporter, the tests and the CNI plugin all use these; nothing here
+//! depends on the daemon (only on `model`, which is pure), so a second binary can link it alone.
+//!
+//! Routes (HTTP/1.1, JSON bodies, on the daemon's unix socket):
+//! see `paths` and the README's table.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Action, AddSpec, DelSpec, Proto, RuleSpec, Stance};
+
+/// The API version prefix of every route.
+pub const VERSION: &str = "/v1";
+
+/// Route paths, with `{name}` where a container name goes (see `path`).
+pub mod paths {
+    pub const STATUS: &str = "/v1/status";
+    pub const CONTAINERS: &str = "/v1/containers";
+    pub const CONTAINER: &str = "/v1/containers/{name}";
+    pub const CONTAINER_PORTS: &str = "/v1/containers/{name}/ports";
+    pub const CONTAINER_STATS: &str = "/v1/containers/{name}/stats";
+    pub const CONTAINER_POLICY: &str = "/v1/containers/{name}/policy";
+    pub const CONTAINER_EGRESS: &str = "/v1/containers/{name}/policy/egress";
+    pub const CONTAINER_RULES: &str = "/v1/containers/{name}/policy/rules";
+    pub const CONTAINER_LINK: &str = "/v1/containers/{name}/links/{to}";
+    pub const CONTAINER_LIMITS: &str = "/v1/containers/{name}/limits";
+    pub const PORTS: &str = "/v1/ports";
+    pub const STATS: &str = "/v1/stats";
+    pub const LIMITS: &str = "/v1/limits";
+    pub const CONNTRACK: &str = "/v1/conntrack";
+    pub const CONTAINER_CONNTRACK: &str = "/v1/containers/{name}/conntrack";
+    pub const SHUTDOWN: &str = "/v1/shutdown";
+    pub const METRICS: &str = "/metrics";
+}
+
+/// `route` with its `{name}` (and `{to}`) filled in, percent-encoded.
+pub fn path(route: &str, name: &str) -> String {
+    route.replace("{name}", &encode(name))
+}
+
+/// `CONTAINER_LINK` for `from` -> `to`.
+pub fn link_path(from: &str, to: &str) -> String {
+    path(paths::CONTAINER_LINK, from).replace("{to}", &encode(to))
+}
+
+/// Percent-encodes everything but unreserved characters (container names are already
+/// restricted to those, but a name given by a user may not be valid).
+fn encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Every error: 400 bad input, 404 unknown name, 409 conflict, 503 store unreachable, 500
+/// anything else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// `POST /v1/containers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCreate {
+    pub name: String,
+    /// An existing namespace to use instead of creating `tg-NAME`.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The container address asked for (the .2 of a free /30 of the pool).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// A container (`container add/list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub netns: PathBuf,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    pub host_ifname: String,
+}
+
+/// `DELETE /v1/containers/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// `POST /v1/containers/{name}/ports`: applied as one batch, all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsAdd {
+    pub specs: Vec<AddSpec>,
+}
+
+/// `DELETE /v1/containers/{name}/ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsDel {
+    pub specs: Vec<DelSpec>,
+}
+
+/// A port map (`port add/list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapInfo {
+    pub container: String,
+    /// `0.0.0.0`: every node address.
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+/// `GET /v1/ports?container=NAME`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsQuery {
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
+/// One conntrack entry (`conntrack list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackEntry {
+    pub proto: String,
+    /// `original` or `reply`.
+    pub direction: String,
+    pub src: String,
+    pub dst: String,
+    pub translated_src: String,
+    pub translated_dst: String,
+    pub flags: Vec<String>,
+    pub endpoint_id: u32,
+    pub age_secs: u64,
+    pub idle_secs: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `DELETE /v1/conntrack` and `DELETE /v1/containers/{name}/conntrack`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flushed {
+    pub flushed: usize,
+}
+
+/// One container's counters (`stats --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub container: String,
+    pub ip: Ipv4Addr,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason name (every reason, zero included).
+    pub drops: BTreeMap<String, u64>,
+    pub conntrack_entries: usize,
+}
+
+/// `PUT /v1/containers/{name}/policy/egress`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressSet {
+    pub egress: Stance,
+}
+
+/// `POST /v1/containers/{name}/policy/rules` (adds or replaces the rule with this match).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleAdd {
+    pub rule: RuleSpec,
+    pub action: Action,
+}
+
+/// `DELETE /v1/containers/{name}/policy/rules`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleDel {
+    pub rule: RuleSpec,
+}
+
+/// One rule as `policy list --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub cidr: String,
+    pub ports: Option<String>,
+    pub proto: Option<String>,
+    pub action: Action,
+}
+
+/// A container's policy (`policy list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub container: String,
+    pub egress: Stance,
+    pub icc: bool,
+    /// Containers this one may open connections to.
+    pub links: Vec<String>,
+    pub rules: Vec<RuleInfo>,
+}
+
+/// `PUT`/`DELETE /v1/containers/{name}/links/{to}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub from: String,
+    pub to: String,
+    pub linked: bool,
+}
+
+/// `PUT /v1/containers/{name}/limits`: rates in bit/s, burst in bytes; a rate left out
+/// keeps its current value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitSet {
+    #[serde(default)]
+    pub egress_bps: Option<u64>,
+    #[serde(default)]
+    pub ingress_bps: Option<u64>,
+    #[serde(default)]
+    pub burst_bytes: Option<u64>,
+}
+
+/// A container's limits (`limit show --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitInfo {
+    pub container: String,
+    pub egress_bps: Option<u64>,
+    pub ingress_bps: Option<u64>,
+    /// As `tc` writes it, e.g. `50mbit`.
+    pub egress: Option<String>,
+    pub ingress: Option<String>,
+    pub burst_bytes: Option<u64>,
+}
+
+/// `DELETE /v1/containers/{name}/limits`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitCleared {
+    pub container: String,
+    pub cleared: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachPoint {
+    pub program: String,
+    #[serde(rename = "where")]
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub entries: usize,
+    pub max: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackSummary {
+    pub entries: u64,
+    pub max: u32,
+    pub created: u64,
+    pub removed: u64,
+    /// LRU evictions: what is neither present nor removed by the agent.
+    pub evicted: u64,
+}
+
+/// `GET /v1/status` (`status --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uplink: String,
+    pub uplink_ips: Vec<Ipv4Addr>,
+    pub netns: Option<String>,
+    pub pool: String,
+    pub snat_ip: Option<Ipv4Addr>,
+    pub icc: bool,
+    pub port_range: String,
+    pub uptime_secs: u64,
+    pub containers: usize,
+    pub port_maps: usize,
+    pub programs: Vec<ProgramEntry>,
+    pub attach_points: Vec<AttachPoint>,
+    pub maps: BTreeMap<String, MapFill>,
+    pub pins: String,
+    /// Datapath event counters by name.
+    pub counters: BTreeMap<String, u64>,
+    pub conntrack: ConntrackSummary,
+}
+
+/// `POST /v1/shutdown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShuttingDown {
+    pub stopping: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_filled_and_encoded() {
+        assert_eq!(
+            path(paths::CONTAINER_PORTS, "web"),
+            "/v1/containers/web/ports"
+        );
+        assert_eq!(path(paths::CONTAINER, "a b/c"), "/v1/containers/a%20b%2Fc");
+        assert_eq!(link_path("a", "b"), "/v1/containers/a/links/b");
+    }
+
+    #[test]
+    fn bodies_keep_the_cli_json_field_names() {
+        let p = PortMapInfo {
+            container: "web".into(),
+            host_ip: Ipv4Addr::UNSPECIFIED,
+            host_port: 8080,
+            container_port: 80,
+            proto: Proto::Tcp,
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["host_ip"], "0.0.0.0");
+        assert_eq!(v["proto"], "tcp");
+        let a: PortsAdd = serde_json::from_str(r#"{"specs":["8080:80","53/udp"]}"#).unwrap();
+        assert_eq!(a.specs.len(), 2);
+        assert!(serde_json::from_str::<PortsAdd>(r#"{"specs":["0:80"]}"#).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! The model: what users ask for, as typed values that parse from their command-line form
+//! (`FromStr`) and check themselves. Pure: no I/O, no daemon; the API types, the CLI and the
+//! node operations all build on it.
+
+pub mod policy;
+pub mod pool;
+pub mod ports;
+pub mod rate;
+pub mod state;
+
+pub use policy::{Action, Match, Policy, Rule, RuleProto, RuleSpec, Stance};
+pub use pool::{Pool, Slot, SLOT_PREFIX};
+pub use ports::{AddSpec, DelSpec, PortMapping, Proto};
+pub use rate::{Limit, Rate, Size};
+pub use state::{Container, PortChange, State};

@@ -1,0 +1,122 @@
+//! `tollgate daemon`: enter the node namespace, load/reopen the datapath, re-apply the state,
+//! then serve the API (HTTP/1.1 + JSON on the unix socket, 0600) until SIGTERM/SIGINT.
+//! Stopping leaves the datapath pinned and forwarding; only `tollgate reset` tears it down.
+
+pub mod metrics;
+pub mod routes;
+
+use std::{os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use tokio::{
+    net::UnixListener,
+    sync::{mpsc, Mutex},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    datapath::{kernel::KernelDatapath, Datapath, PROG_FROM_UPLINK},
+    netlink::{addr, link},
+    node::{Node, Settings, Uplink},
+    store::{FileStore, Store},
+};
+pub use routes::{router, App};
+
+pub async fn run(settings: Settings) -> Result<()> {
+    let store = FileStore::open(&settings.state_dir)?;
+    let dp = KernelDatapath::open(&settings.bpffs, settings.conntrack_max)?;
+    let ifindex = link::require_index(&dp.nl, &settings.uplink)
+        .await
+        .with_context(|| format!("--uplink {}", settings.uplink))?;
+    let ips = addr::list_v4(&dp.nl, Some(ifindex)).await?;
+    if ips.is_empty() {
+        warn!(uplink = %settings.uplink, "the uplink has no IPv4 address yet; port maps answer on 127.0.0.1 and gateways only");
+    }
+    let socket = settings.socket.clone();
+    let mut node = Node::new(settings, Uplink { ifindex, ips }, dp, store).map_err(|e| e.err)?;
+    node.start().await.map_err(|e| e.err)?;
+    forward_ebpf_logs(node.datapath());
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %socket.display(), "tollgate daemon ready");
+
+    let gc_every = node.settings.ct_gc_interval;
+    let metrics_addr = node.settings.metrics;
+    let node = Arc::new(Mutex::new(node));
+    let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
+    let app = App {
+        node: node.clone(),
+        stop: Some(stop_tx),
+    };
+    spawn_conntrack_gc(node, gc_every);
+    if let Some(addr) = metrics_addr {
+        metrics::serve(addr, app.clone()).await?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stopped = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping (datapath stays pinned)"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping (datapath stays pinned)"),
+            _ = stop_rx.recv() => info!("shutdown requested"),
+        }
+    };
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(stopped)
+        .await
+        .context("serving the API")?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Forwards the programs' aya-log records to `tracing` (debug level is set by the programs;
+/// the `log` records reach tracing through tracing-log).
+fn forward_ebpf_logs(dp: &KernelDatapath) {
+    let Some(prog) = dp.loaded.tc.get(PROG_FROM_UPLINK) else {
+        return;
+    };
+    let Ok(info) = prog.info() else { return };
+    match aya_log::EbpfLogger::init_from_id(info.id()) {
+        // SAFETY: the logger owns its ring buffer fd and keeps it open for as long as the
+        // AsyncFd owns the logger.
+        Ok(logger) => match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        } {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = fd.readable_mut().await else {
+                            break;
+                        };
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => debug!("aya-log: {e}"),
+        },
+        Err(e) => debug!("no eBPF log forwarding: {e}"),
+    }
+}
+
+/// Periodic conntrack GC (expired entries are already ignored by the datapath; this frees
+/// them). Runs under the node lock like any request.
+fn spawn_conntrack_gc<D: Datapath, S: Store>(node: Arc<Mutex<Node<D, S>>>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match node.lock().await.conntrack_gc() {
+                Ok(0) => {}
+                Ok(n) => debug!(removed = n, "conntrack gc"),
+                Err(e) => warn!("conntrack gc: {e}"),
+            }
+        }
+    });
+}
