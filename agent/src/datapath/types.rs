@@ -92,15 +92,15 @@ pub struct CtTimeouts {
 }
 
 impl CtTimeouts {
-    /// Idle timeout of an entry in ns, as the datapath applies it.
+    /// Idle timeout of an entry in ns, by the datapath's own rule (`Timeout::of`).
     pub fn of(&self, v: &CtView) -> u64 {
-        use datapath_common::conntrack::{CT_CLOSING, CT_SEEN_REPLY};
-        let s = match v.proto {
-            datapath_common::proto::TCP if v.flags & CT_CLOSING != 0 => self.tcp_close,
-            datapath_common::proto::TCP if v.flags & CT_SEEN_REPLY == 0 => self.tcp_syn,
-            datapath_common::proto::TCP => self.tcp_est,
-            datapath_common::proto::UDP => self.udp,
-            _ => self.icmp,
+        use datapath_common::conntrack::Timeout;
+        let s = match Timeout::of(v.flags, v.proto) {
+            Timeout::TcpClose => self.tcp_close,
+            Timeout::TcpSyn => self.tcp_syn,
+            Timeout::TcpEstablished => self.tcp_est,
+            Timeout::Udp => self.udp,
+            Timeout::Icmp => self.icmp,
         };
         u64::from(s) * 1_000_000_000
     }
