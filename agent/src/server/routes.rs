@@ -391,9 +391,10 @@ mod tests {
         )
         .unwrap();
         rt.block_on(node.start()).unwrap();
+        let (stop, mut stopped) = tokio::sync::mpsc::channel(1);
         let app = App {
             node: Arc::new(Mutex::new(node)),
-            stop: None,
+            stop: Some(stop),
         };
         let listener = rt
             .block_on(async { tokio::net::UnixListener::bind(&sock) })
@@ -447,6 +448,11 @@ mod tests {
             .get::<Vec<api::ContainerInfo>>(paths::CONTAINERS)
             .unwrap()
             .is_empty());
+        let bye: api::ShuttingDown = c
+            .call(hyper::Method::POST, paths::SHUTDOWN, None::<&()>)
+            .unwrap();
+        assert!(bye.stopping);
+        assert_eq!(stopped.try_recv(), Ok(()), "the daemon was asked to stop");
         drop(rt);
         let _ = std::fs::remove_dir_all(&dir);
     }
