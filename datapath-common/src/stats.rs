@@ -7,7 +7,7 @@ pub const CNT_SOCK_DNAT: u32 = 3;
 pub const CNT_BIND_REFUSED: u32 = 4;
 pub const CNT_PASS_MALFORMED: u32 = 5;
 pub const CNT_PASS_FRAGMENT: u32 = 6;
-/// A helper (checksum, store, redirect) failed; the packet was dropped.
+/// A checksum helper failed; the packet was dropped.
 pub const CNT_CSUM_ERROR: u32 = 7;
 /// Not IPv4 (ARP, IPv6, ...): passed untouched.
 pub const CNT_PASS_NOT_IPV4: u32 = 8;
@@ -35,9 +35,13 @@ pub const CNT_CT_REMOVED: u32 = 20;
 pub const CNT_REDIRECT_PEER: u32 = 21;
 pub const CNT_REDIRECT_NEIGH: u32 = 22;
 pub const CNT_REDIRECT_FALLBACK: u32 = 23;
+/// Drops because a step failed (see `drop::DropReason`); checksum failures are `CNT_CSUM_ERROR`.
+pub const CNT_DROP_REWRITE: u32 = 24;
+pub const CNT_DROP_CONNTRACK: u32 = 25;
+pub const CNT_DROP_REDIRECT: u32 = 26;
 pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 24] = [
+pub const NAMES: [&str; 27] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -62,6 +66,9 @@ pub const NAMES: [&str; 24] = [
     "redirect_peer",
     "redirect_neigh",
     "redirect_fallback",
+    "drop_rewrite",
+    "drop_conntrack",
+    "drop_redirect",
 ];
 
 #[cfg(test)]

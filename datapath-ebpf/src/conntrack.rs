@@ -64,7 +64,7 @@ pub fn new_entry(
 ) -> Result<*mut CtEntry, DropReason> {
     let e = TG_CT_SCRATCH
         .get_ptr_mut(slot)
-        .ok_or(DropReason::Internal)?;
+        .ok_or(DropReason::ConntrackFailed)?;
     let words = e.cast::<u64>();
     let mut i = 0;
     while i < size_of::<CtEntry>() / 8 {
@@ -235,7 +235,7 @@ fn put(key: &CtKey, e: &CtEntry) -> Result<(), DropReason> {
     }
     TG_CT
         .insert(key, e, u64::from(BPF_ANY))
-        .map_err(|_| DropReason::Internal)
+        .map_err(|_| DropReason::ConntrackFailed)
 }
 
 /// Takes `key` for `e` if no live entry holds it: the collision-free step of port allocation.
@@ -335,7 +335,7 @@ pub fn ensure(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
         }
     }
     put(key, want)?;
-    lookup(key).ok_or(DropReason::Internal)
+    lookup(key).ok_or(DropReason::ConntrackFailed)
 }
 
 /// Writes both halves of a new flow, `e` being the half that `key` (the current packet) hits;
@@ -350,12 +350,12 @@ pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), 
     // `BPF_NOEXIST` says it is taken; `ensure` then compares).
     let other = if TG_CT.insert(rkey, r, u64::from(BPF_NOEXIST)).is_ok() {
         verdict::count(CNT_CT_CREATED);
-        lookup(&rkey).ok_or(DropReason::Internal)?
+        lookup(&rkey).ok_or(DropReason::ConntrackFailed)?
     } else {
         ensure(&rkey, r)?
     };
     // Looked up again after the second insert: with LRU, any insert may recycle a slot.
-    let this = lookup(key).ok_or(DropReason::Internal)?;
+    let this = lookup(key).ok_or(DropReason::ConntrackFailed)?;
     Ok((this, other))
 }
 
@@ -444,8 +444,8 @@ pub fn create_claimed(
     rkey: &CtKey,
 ) -> Result<(*mut CtEntry, *mut CtEntry), DropReason> {
     put(key, e)?;
-    let other = lookup(rkey).ok_or(DropReason::Internal)?;
-    let this = lookup(key).ok_or(DropReason::Internal)?;
+    let other = lookup(rkey).ok_or(DropReason::ConntrackFailed)?;
+    let this = lookup(key).ok_or(DropReason::ConntrackFailed)?;
     Ok((this, other))
 }
 

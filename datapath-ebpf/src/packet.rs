@@ -307,7 +307,7 @@ pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: &T) -> Result<(), DropReas
         unsafe { core::ptr::write_unaligned((data + off) as *mut T, *v) };
         return Ok(());
     }
-    ctx.store(off, v, 0).map_err(|_| DropReason::Internal)
+    ctx.store(off, v, 0).map_err(|_| DropReason::RewriteFailed)
 }
 
 /// The IPv4 header checksum as it is in the packet now (raw bytes, native load: the
@@ -320,7 +320,7 @@ pub fn ip_check(ctx: &TcContext) -> Result<u16, DropReason> {
         // SAFETY: the two bytes lie inside the linear data (checked above).
         return Ok(unsafe { core::ptr::read_unaligned((data + IP_CSUM_OFF) as *const u16) });
     }
-    ctx.load(IP_CSUM_OFF).map_err(|_| DropReason::Internal)
+    ctx.load(IP_CSUM_OFF).map_err(|_| DropReason::RewriteFailed)
 }
 
 /// The IPv4 header of the frame, or `None` if it is not IPv4 (anti-spoofing runs on every

@@ -38,18 +38,22 @@ const AF_INET: u8 = 2;
 /// egress of `ifindex`. (Its new source is the caller's gateway, a node address.)
 #[inline(always)]
 pub fn back_to_container(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
-    let dst: [u8; 6] = ctx.load(ETH_DST_OFF).map_err(|_| DropReason::Internal)?;
-    let src: [u8; 6] = ctx.load(ETH_SRC_OFF).map_err(|_| DropReason::Internal)?;
+    let dst: [u8; 6] = ctx
+        .load(ETH_DST_OFF)
+        .map_err(|_| DropReason::RedirectFailed)?;
+    let src: [u8; 6] = ctx
+        .load(ETH_SRC_OFF)
+        .map_err(|_| DropReason::RedirectFailed)?;
     ctx.store(ETH_DST_OFF, &src, 0)
-        .map_err(|_| DropReason::Internal)?;
+        .map_err(|_| DropReason::RedirectFailed)?;
     ctx.store(ETH_SRC_OFF, &dst, 0)
-        .map_err(|_| DropReason::Internal)?;
+        .map_err(|_| DropReason::RedirectFailed)?;
     // SAFETY: plain helper call; flags 0 = egress.
     let action = unsafe { bpf_redirect(ifindex, 0) };
     if action == i64::from(TC_ACT_REDIRECT) {
         Ok(TC_ACT_REDIRECT)
     } else {
-        Err(DropReason::Internal)
+        Err(DropReason::RedirectFailed)
     }
 }
 
@@ -122,7 +126,7 @@ fn redirected(action: i64, counter: u32) -> Result<i32, DropReason> {
         verdict::count(counter);
         Ok(TC_ACT_REDIRECT)
     } else {
-        Err(DropReason::Internal)
+        Err(DropReason::RedirectFailed)
     }
 }
 

@@ -159,10 +159,15 @@ pub struct ContainerStats {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    /// Drops by reason name (every reason, zero included).
+    /// Drops by reason name (every reason, zero included), plus `internal`
+    /// (`DROPS_INTERNAL`): the sum of the reasons that are a failed datapath step.
     pub drops: BTreeMap<String, u64>,
     pub conntrack_entries: usize,
 }
+
+/// The key of `ContainerStats.drops` that sums the failed-step reasons (`csum_failed`,
+/// `rewrite_failed`, `conntrack_failed`, `redirect_failed`).
+pub const DROPS_INTERNAL: &str = "internal";
 
 /// `PUT /v1/containers/{name}/policy/egress`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

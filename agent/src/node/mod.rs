@@ -744,10 +744,15 @@ impl<D: Datapath, S: Store> Node<D, S> {
         let mut out = Vec::new();
         for c in list {
             let t = self.dp.endpoint_stats(c.id)?;
-            let drops: BTreeMap<String, u64> = datapath_common::drop::DropReason::ALL
+            let mut drops: BTreeMap<String, u64> = datapath_common::drop::DropReason::ALL
                 .iter()
                 .map(|r| (r.name().to_string(), t.drops[*r as usize]))
                 .collect();
+            // The failed-step reasons together, under the name they had before the split.
+            drops.insert(
+                api::DROPS_INTERNAL.to_string(),
+                datapath_common::drop::internal_total(&t.drops),
+            );
             out.push(api::ContainerStats {
                 container: c.name.clone(),
                 ip: c.ip,

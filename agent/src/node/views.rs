@@ -68,9 +68,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 pub fn ct_entry(c: &CtView, now: u64) -> api::ConntrackEntry {
-    use datapath_common::conntrack::{
-        CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SEEN_REPLY, CT_SNAT,
-    };
+    use datapath_common::conntrack::{CT_REPLY, FLAG_NAMES};
     let proto = match c.proto {
         datapath_common::proto::TCP => "tcp",
         datapath_common::proto::UDP => "udp",
@@ -78,15 +76,7 @@ pub fn ct_entry(c: &CtView, now: u64) -> api::ConntrackEntry {
         _ => "other",
     };
     let ep = |t: (Ipv4Addr, u16)| format!("{}:{}", t.0, t.1);
-    let flags = [
-        (CT_DNAT, "dnat"),
-        (CT_SNAT, "snat"),
-        (CT_REPLY, "reply"),
-        (CT_HAIRPIN, "hairpin"),
-        (CT_CLOSING, "closing"),
-        (CT_MASQ, "masq"),
-        (CT_SEEN_REPLY, "seen_reply"),
-    ]
+    let flags = FLAG_NAMES
     .iter()
     .filter(|(b, _)| c.flags & b != 0)
     .map(|(_, n)| (*n).to_string())

@@ -21,7 +21,7 @@ use tracing::info;
 
 use super::routes::App;
 use crate::{
-    api::types::{paths, ContainerStats, Status},
+    api::types::{paths, ContainerStats, Status, DROPS_INTERNAL},
     datapath::Datapath,
     store::Store,
 };
@@ -70,7 +70,8 @@ pub fn render(containers: &[ContainerStats], status: &Status) -> Result<String> 
     }
     let drops = Counters::default();
     for c in containers {
-        for (reason, n) in &c.drops {
+        // `internal` is the sum of the failed-step reasons: exported once, by step.
+        for (reason, n) in c.drops.iter().filter(|(r, _)| *r != DROPS_INTERNAL) {
             drops
                 .get_or_create(&vec![
                     ("container", c.container.clone()),

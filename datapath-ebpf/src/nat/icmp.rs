@@ -170,8 +170,9 @@ fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
 #[inline(always)]
 fn outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 4)
-        .map_err(|_| DropReason::Internal)?;
-    ctx.store(off, &new, 0).map_err(|_| DropReason::Internal)
+        .map_err(|_| DropReason::CsumFailed)?;
+    ctx.store(off, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)
 }
 
 /// Reads a big-endian 16-bit word as a host-order value.
@@ -179,13 +180,13 @@ fn outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), Dro
 fn load16(ctx: &TcContext, off: usize) -> Result<u16, DropReason> {
     ctx.load::<u16>(off)
         .map(u16::from_be)
-        .map_err(|_| DropReason::Internal)
+        .map_err(|_| DropReason::RewriteFailed)
 }
 
 #[inline(always)]
 fn store16(ctx: &TcContext, off: usize, v: u16) -> Result<(), DropReason> {
     ctx.store(off, &v.to_be(), u64::from(BPF_F_RECOMPUTE_CSUM))
-        .map_err(|_| DropReason::Internal)
+        .map_err(|_| DropReason::RewriteFailed)
 }
 
 /// One end of the quoted packet becomes `ip:port` (network order), every checksum that covers
@@ -214,7 +215,7 @@ fn inner_rewrite(
         &ip,
         u64::from(BPF_F_RECOMPUTE_CSUM),
     )
-    .map_err(|_| DropReason::Internal)?;
+    .map_err(|_| DropReason::RewriteFailed)?;
     icmp = csum::update32(icmp, old_ip, new_ip);
     let ip_csum = load16(ctx, inner.ip_off + IPV4_CSUM_OFF)?;
     let new_ip_csum = csum::update32(ip_csum, old_ip, new_ip);

@@ -65,7 +65,7 @@ fn rewrite(
                 u64::from(ip),
                 u64::from(BPF_F_PSEUDO_HDR) | mangled0 | 4,
             )
-            .map_err(|_| DropReason::Internal)?;
+            .map_err(|_| DropReason::CsumFailed)?;
         }
         // The IPv4 checksum is updated here (RFC 1624) and written with both addresses in
         // one store: one helper call instead of a checksum helper plus a store.
@@ -81,7 +81,7 @@ fn rewrite(
     }
     if old_port != port {
         ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled0 | 2)
-            .map_err(|_| DropReason::Internal)?;
+            .map_err(|_| DropReason::CsumFailed)?;
         packet::write(ctx, port_off, &port)?;
     }
     match end {
