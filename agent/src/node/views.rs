@@ -77,10 +77,10 @@ pub fn ct_entry(c: &CtView, now: u64) -> api::ConntrackEntry {
     };
     let ep = |t: (Ipv4Addr, u16)| format!("{}:{}", t.0, t.1);
     let flags = FLAG_NAMES
-    .iter()
-    .filter(|(b, _)| c.flags & b != 0)
-    .map(|(_, n)| (*n).to_string())
-    .collect();
+        .iter()
+        .filter(|(b, _)| c.flags & b != 0)
+        .map(|(_, n)| (*n).to_string())
+        .collect();
     api::ConntrackEntry {
         proto: proto.to_string(),
         direction: if c.flags & CT_REPLY != 0 {
