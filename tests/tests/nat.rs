@@ -540,6 +540,16 @@ fn stats_count_a_containers_traffic() {
     ] {
         assert_eq!(s["drops"][k], 0, "drops.{k}: {s}");
     }
+    // `internal` is the sum of the failed-step reasons, each reported on its own too.
+    for k in [
+        "csum_failed",
+        "rewrite_failed",
+        "conntrack_failed",
+        "redirect_failed",
+    ] {
+        assert_eq!(s["drops"][k], 0, "drops.{k}: {s}");
+    }
+    assert!(s["drops"].get("malformed").is_none(), "retired: {s}");
     let all = sb.json(&["stats"]);
     let all = all
         .as_array()
