@@ -1,21 +1,22 @@
-//! The daemon's settings (`TG_CONFIG[0]`), read once per packet by the TC hooks.
+//! The daemon's settings (`TG_CONFIG[0]`), read in place by the TC hooks.
 
 use datapath_common::config::{
     Config, CT_ICMP_S_DEFAULT, CT_TCP_CLOSE_S_DEFAULT, CT_TCP_EST_S_DEFAULT, CT_TCP_SYN_S_DEFAULT,
     CT_UDP_S_DEFAULT, NAT_PORT_MAX_DEFAULT, NAT_PORT_MIN_DEFAULT,
 };
 
-use crate::maps::TG_CONFIG;
+use crate::{maps::TG_CONFIG, verdict::Skip};
 
-/// A copy of the config; all zeros (no masquerade, ICC off, default timeouts) before the agent
-/// wrote it.
+/// The config, read in place (no per-packet copy). `TG_CONFIG` is a one-slot array, so the
+/// lookup only fails if the map itself is missing: then the hook passes the packet untouched.
 #[inline(always)]
-pub fn get() -> Config {
-    // SAFETY: pointer from a lookup in this run; copied out at once.
+pub fn get() -> Result<&'static Config, Skip> {
+    // SAFETY: an array element lives as long as the map; the agent rewrites it whole, and a
+    // field read during that write sees the old or the new value of that field.
     TG_CONFIG
         .get_ptr(0)
-        .map(|c| unsafe { *c })
-        .unwrap_or_default()
+        .map(|c| unsafe { &*c })
+        .ok_or(Skip::NotOurs)
 }
 
 /// A zero timeout or port bound means "not set": the shared default applies.

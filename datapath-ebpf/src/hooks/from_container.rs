@@ -78,20 +78,20 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
         Some(ip) if ip.saddr != ep.ip => return Err(DropReason::Spoof.into()),
         Some(ip) => ip,
     };
-    let cfg = config::get();
+    let cfg = config::get()?;
     let mut pkt = match Packet::parse(ctx) {
         Ok(pkt) => pkt,
-        Err(Skip::OtherProto) => return other_proto(ep, &cfg, ip.daddr, ip.protocol),
+        Err(Skip::OtherProto) => return other_proto(ep, cfg, ip.daddr, ip.protocol),
         Err(s) => return Err(s.into()),
     };
     let now = conntrack::now_ns();
     if pkt.is_icmp_error() {
-        icmp::container_error(ctx, &mut pkt, &cfg, now)?;
+        icmp::container_error(ctx, &mut pkt, cfg, now)?;
         // Its source is now a node address: the stack would drop it as a martian.
         return Ok(redirect::forward(ctx, &pkt, None, now)?);
     }
     let key = conntrack::key_of(&pkt);
-    let (f, other, counter) = match conntrack::classify(&key, &pkt, &cfg, now) {
+    let (f, other, counter) = match conntrack::classify(&key, &pkt, cfg, now) {
         // Reply halves carry the container's answers even to a fresh SYN; its own flows'
         // original halves unless a fresh SYN reuses a closing tuple.
         Ct::Hit(f)
@@ -101,7 +101,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
             },
         ) if !(f.kind == Kind::PortMap && f.half == Half::Original) => (
             f,
-            conntrack::other_half(&key, f.entry, &pkt, &cfg, now)?,
+            conntrack::other_half(&key, f.entry, &pkt, cfg, now)?,
             hit_counter(&f),
         ),
         // The original half of an uplink flow: only a packet spoofing the client matches it.
@@ -111,7 +111,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
             return Err(Skip::NotOurs.into());
         }
         _ => {
-            let (e, other, counter) = new_flow(ctx, &pkt, &key, ep, &cfg, now)?;
+            let (e, other, counter) = new_flow(ctx, &pkt, &key, ep, cfg, now)?;
             (Flow::of(e), other, counter)
         }
     };

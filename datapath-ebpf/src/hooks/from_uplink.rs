@@ -43,19 +43,19 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
     let mut pkt = Packet::parse(ctx)?;
-    let cfg = config::get();
+    let cfg = config::get()?;
     let now = conntrack::now_ns();
     if pkt.is_icmp_error() {
-        icmp::rev_error(ctx, &pkt, &cfg, now, owner)?;
+        icmp::rev_error(ctx, &pkt, cfg, now, owner)?;
         return Ok(TC_ACT_OK);
     }
     let key = conntrack::key_of(&pkt);
-    let (e, other, counter) = match conntrack::classify(&key, &pkt, &cfg, now) {
+    let (e, other, counter) = match conntrack::classify(&key, &pkt, cfg, now) {
         Ct::Hit(f) if carries(&f) => {
             *owner = f.owner();
             (
                 f.entry,
-                conntrack::other_half(&key, f.entry, &pkt, &cfg, now)?,
+                conntrack::other_half(&key, f.entry, &pkt, cfg, now)?,
                 hit_counter(&f),
             )
         }
