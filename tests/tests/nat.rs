@@ -643,19 +643,20 @@ fn a_full_conntrack_table_evicts_the_oldest_and_new_flows_still_work() {
 }
 
 /// An upgrade whose object lengthens `TG_CT`'s values (the flows' cached next hops were added
-/// to `CtEntry`) carries the pinned table over while a transfer runs. The node is left as an
-/// older Tollgate leaves it: the daemon killed mid-transfer, `TG_CT` pinned with the old
-/// 56-byte values holding the live entries, and another object's fingerprint. The restarted
+/// to `CtEntry`) and `TG_EP_STATS`'s (the drop reasons were split) carries the pinned tables
+/// over while a transfer runs. The node is left as an older Tollgate leaves it: the daemon
+/// killed mid-transfer, `TG_CT` pinned with the old 56-byte values and `TG_EP_STATS` with the
+/// old 96 bytes per CPU, both holding the live data, and another object's fingerprint. The restarted
 /// daemon must move every entry into a table of the new layout before its programs use it:
 /// a masqueraded flow's entries cannot be rebuilt from any other map, so a lost entry
 /// breaks the transfer (and without the migration the new programs would not even load).
 #[test]
-fn an_upgrade_migrates_an_older_conntrack_layout_mid_transfer() {
+fn an_upgrade_migrates_older_map_layouts_mid_transfer() {
     use aya::maps::{HashMap as BpfHash, MapData};
     use datapath_common::conntrack::{CtEntry, CtKey};
     const OLD_VALUE: usize = 56;
     let mut sb = sandbox!("nat-migrate");
-    let (_a, ns, _) = sb.container("a");
+    let (a, ns, _) = sb.container("a");
     let _srv = tcp_echo(&sb.client, 80, "out").unwrap();
     // 2 MiB in 32 KiB chunks over ~2.5 s, echoed back and compared byte for byte.
     let transfer = echo_transfer(&ns, sb.client_ip, 80, 64, 32768, Duration::from_millis(40));
@@ -708,6 +709,8 @@ fn an_upgrade_migrates_an_older_conntrack_layout_mid_transfer() {
         sh("bpftool", &args).unwrap();
     }
     std::fs::rename(&old, &pin).unwrap();
+    let tx_before = stats_to_old_layout(&maps);
+    assert!(tx_before > 0, "the container's tx counter");
     for e in std::fs::read_dir(sb.bpffs.join("object")).unwrap() {
         std::fs::remove_dir(e.unwrap().path()).unwrap();
     }
@@ -716,6 +719,7 @@ fn an_upgrade_migrates_an_older_conntrack_layout_mid_transfer() {
     let log = sb.daemon_log();
     assert!(log.contains("older layout"), "no migration:\n{log}");
     assert!(log.contains("entries carried over"), "no copy:\n{log}");
+    assert!(log.contains("TG_EP_STATS"), "stats not migrated:\n{log}");
     assert!(
         !maps.join("TG_CT_old").exists(),
         "the old table's pin stays"
@@ -734,4 +738,63 @@ fn an_upgrade_migrates_an_older_conntrack_layout_mid_transfer() {
         flows.iter().any(|f| f["packets"].as_u64().unwrap_or(0) > 0),
         "{flows:?}"
     );
+    // The per-CPU counters came over too, and go on counting.
+    let tx_after = sb.json(&["stats", &a])["tx_packets"].as_u64().unwrap();
+    assert!(tx_after > tx_before, "tx_packets {tx_before} -> {tx_after}");
+}
+
+/// Replaces the pinned `TG_EP_STATS` with one of the layout before the drop reasons were split
+/// (8 drop slots: 96 bytes per CPU) holding the live counters; returns the containers' total
+/// `tx_packets` in it.
+fn stats_to_old_layout(maps: &std::path::Path) -> u64 {
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+    use datapath_common::{endpoint::EpStats, maps::ENDPOINTS_MAX};
+    const OLD: usize = 32 + 8 * 8;
+    const NEW: usize = size_of::<EpStats>();
+    let pin = maps.join("TG_EP_STATS");
+    let old_pin = maps.join("TG_EP_STATS_v1");
+    let live: Vec<(u32, Vec<[u8; NEW]>)> = {
+        let m = MapData::from_pin(&pin).unwrap();
+        let m: PerCpuArray<_, [u8; NEW]> = PerCpuArray::try_from(Map::PerCpuArray(m)).unwrap();
+        (0..ENDPOINTS_MAX)
+            .map(|i| (i, m.get(&i, 0).unwrap().to_vec()))
+            .filter(|(_, v)| v.iter().any(|cpu| cpu.iter().any(|b| *b != 0)))
+            .collect()
+    };
+    sh(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            old_pin.to_str().unwrap(),
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            &OLD.to_string(),
+            "entries",
+            &ENDPOINTS_MAX.to_string(),
+            "name",
+            "TG_EP_STATS",
+        ],
+    )
+    .unwrap();
+    let mut tx = 0;
+    {
+        let m = MapData::from_pin(&old_pin).unwrap();
+        let mut m: PerCpuArray<_, [u8; OLD]> = PerCpuArray::try_from(Map::PerCpuArray(m)).unwrap();
+        for (i, cpus) in &live {
+            let old: Vec<[u8; OLD]> = cpus
+                .iter()
+                .map(|v| {
+                    tx += u64::from_ne_bytes(v[16..24].try_into().unwrap());
+                    v[..OLD].try_into().unwrap()
+                })
+                .collect();
+            m.set(*i, PerCpuValues::try_from(old).unwrap(), 0).unwrap();
+        }
+    }
+    std::fs::rename(&old_pin, &pin).unwrap();
+    tx
 }
