@@ -5,6 +5,19 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = tollgate::cli::Cli::parse();
+    // The CLI's output is often piped (`tollgate stats --json | head`): a closed pipe ends it
+    // quietly, as it ends other Unix tools, instead of a panic in `println!`. The daemon and
+    // the demo keep Rust's default (SIGPIPE ignored): they write to sockets whose peers may
+    // go away, and the demo must clean up on every exit.
+    if !matches!(
+        cli.cmd,
+        tollgate::cli::Cmd::Daemon(_)
+            | tollgate::cli::Cmd::Demo(_)
+            | tollgate::cli::Cmd::DemoServe { .. }
+    ) {
+        // SAFETY: restores the default disposition before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TOLLGATE_LOG")
