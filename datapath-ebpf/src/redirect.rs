@@ -40,14 +40,14 @@ const AF_INET: u8 = 2;
 pub fn back_to_container(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
     let dst: [u8; 6] = ctx
         .load(ETH_DST_OFF)
-        .map_err(|_| DropReason::RedirectFailed)?;
+        .map_err(|_| DropReason::RewriteFailed)?;
     let src: [u8; 6] = ctx
         .load(ETH_SRC_OFF)
-        .map_err(|_| DropReason::RedirectFailed)?;
+        .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(ETH_DST_OFF, &src, 0)
-        .map_err(|_| DropReason::RedirectFailed)?;
+        .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(ETH_SRC_OFF, &dst, 0)
-        .map_err(|_| DropReason::RedirectFailed)?;
+        .map_err(|_| DropReason::RewriteFailed)?;
     // SAFETY: plain helper call; flags 0 = egress.
     let action = unsafe { bpf_redirect(ifindex, 0) };
     if action == i64::from(TC_ACT_REDIRECT) {
@@ -184,7 +184,9 @@ fn fib_params(ctx: &TcContext, pkt: &Packet) -> bpf_fib_lookup {
 /// per container for a second in `TG_EP_L2` so that new flows mostly skip it too. That also
 /// skips the host veth's egress hook, so what `to_container` does (rx counters, ingress
 /// limit) is done here. Anything else (neighbour not resolved yet, route elsewhere, TTL
-/// spent) takes `forward`.
+/// spent) takes `forward`. A container's flows die with it (the agent deletes their entries),
+/// so a cached veth is its own; one recreated under live flows (its namespace was deleted) is
+/// followed within `FIB_CACHE_NS`.
 #[inline(always)]
 pub fn into_container(
     ctx: &TcContext,
