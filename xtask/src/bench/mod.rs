@@ -173,7 +173,7 @@ impl Plan {
         Plan {
             reps: args.reps.unwrap_or(if q { 1 } else { 3 }).max(1),
             stream_secs: if q { 1.0 } else { 3.0 },
-            stream_omit: if q { 0 } else { 1 },
+            stream_omit: u32::from(!q),
             rr_secs: if q { 1.0 } else { 2.0 },
             crr_secs: if q { 1.0 } else { 2.0 },
             crr_threads: 4,
@@ -360,7 +360,7 @@ fn machine_meta(report: &mut Report, args: &BenchArgs, plan: &Plan) {
                 .map(|(_, v)| v.trim().to_string())
         })
     };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = cpu_model(&first);
     let mem = first("/proc/meminfo", "MemTotal").unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -996,7 +996,7 @@ fn run_workloads(
                             report.record("mem_port", mode, m.total / f64::from(n));
                             match (mode, m.detail, m.memlock) {
                                 (Mode::Proxy, Some(r), _) => {
-                                    report.record("mem_proxy_rss", mode, r)
+                                    report.record("mem_proxy_rss", mode, r);
                                 }
                                 (Mode::Tollgate, Some(kv), Some((mem, slots))) => {
                                     report.record("mem_bpf_kv", mode, kv);

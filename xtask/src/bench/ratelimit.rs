@@ -335,35 +335,32 @@ impl Topo {
         ns_sh(&n, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         // Ingress: the host veth's egress. Egress: the container's eth0 egress.
         for (ns, dev) in [(&n, "vk0"), (&k, "eth0")] {
-            match self.kind {
-                Kind::Htb => {
-                    sh(
-                        "tc",
-                        &[
-                            "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
-                            "default", "10",
-                        ],
-                    )?;
-                    sh(
-                        "tc",
-                        &[
-                            "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid",
-                            "1:10", "htb", "rate", rate, "ceil", rate,
-                        ],
-                    )?;
-                }
-                _ => {
-                    // The CNI bandwidth plugin's shape: tbf with a burst and a 50 ms latency
-                    // bound; burst = 10 ms of the rate, at least 64 KiB.
-                    let burst = (mbit * 1_000_000 / 8 / 100).max(64 * 1024).to_string();
-                    sh(
-                        "tc",
-                        &[
-                            "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-                            "burst", &burst, "latency", "50ms",
-                        ],
-                    )?;
-                }
+            if self.kind == Kind::Htb {
+                sh(
+                    "tc",
+                    &[
+                        "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+                        "default", "10",
+                    ],
+                )?;
+                sh(
+                    "tc",
+                    &[
+                        "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid", "1:10",
+                        "htb", "rate", rate, "ceil", rate,
+                    ],
+                )?;
+            } else {
+                // The CNI bandwidth plugin's shape: tbf with a burst and a 50 ms latency
+                // bound; burst = 10 ms of the rate, at least 64 KiB.
+                let burst = (mbit * 1_000_000 / 8 / 100).max(64 * 1024).to_string();
+                sh(
+                    "tc",
+                    &[
+                        "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst",
+                        &burst, "latency", "50ms",
+                    ],
+                )?;
             }
         }
         Ok(())

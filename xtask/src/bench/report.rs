@@ -37,10 +37,10 @@ pub fn stats(v: &[f64]) -> Option<Stats> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    let median = if !n.is_multiple_of(2) {
-        s[n / 2]
+    let median = if n.is_multiple_of(2) {
+        f64::midpoint(s[n / 2 - 1], s[n / 2])
     } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
+        s[n / 2]
     };
     Some(Stats {
         median,
@@ -169,8 +169,7 @@ impl Report {
                         .errors
                         .get(mode)
                         .or_else(|| self.broken.get(mode))
-                        .map(String::as_str)
-                        .unwrap_or("no sample");
+                        .map_or("no sample", String::as_str);
                     missing.push(format!("{} / {}: {why}", m.id, mode.name()));
                 }
             }
@@ -221,8 +220,7 @@ impl Report {
                 for to in [Mode::Baseline, Mode::Iptables] {
                     let cell = m
                         .ratio(Mode::Tollgate, to)
-                        .map(|r| format!("{r:.2}×"))
-                        .unwrap_or_else(|| "–".into());
+                        .map_or_else(|| "–".into(), |r| format!("{r:.2}×"));
                     let _ = write!(s, " {cell} |");
                 }
             }

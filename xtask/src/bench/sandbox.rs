@@ -129,7 +129,7 @@ pub fn wait_listening(ns: &str, port: u16, children: &mut [Child]) -> Result<()>
 
 /// The Docker (`--userland-proxy=false`) + Warden ruleset for the node namespace, with the
 /// used maps (`8080:80`, `5201:5201`) published last, after `extra` other maps (`P:P`, P from
-/// EXTRA_BASE). A map is Docker's three rules: nat DOCKER DNAT, filter DOCKER ACCEPT and the
+/// `EXTRA_BASE`). A map is Docker's three rules: nat DOCKER DNAT, filter DOCKER ACCEPT and the
 /// POSTROUTING hairpin MASQUERADE.
 pub fn iptables_ruleset(extra: u32) -> String {
     let c = CONTAINER_IP;

@@ -75,7 +75,7 @@ pub struct CpuSnap {
     cpus: f64,
     /// system + softirq, seconds (tick-sampled).
     sys_softirq: f64,
-    /// idle + iowait, seconds (exact on NO_HZ kernels: measured at idle entry and exit).
+    /// idle + iowait, seconds (exact on `NO_HZ` kernels: measured at idle entry and exit).
     idle: f64,
 }
 
@@ -174,7 +174,7 @@ pub fn load(sb: &Sandbox, kind: &str, secs: f64, threads: usize, rate: u64) -> R
 /// `load` with the load generator and the container's echo server (all its threads) pinned to
 /// the last CPU; the server's affinity is restored afterwards.
 pub fn load_pinned(sb: &Sandbox, kind: &str, secs: f64) -> Result<LoadResult> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let (one, all) = ((cpus - 1).to_string(), format!("0-{}", cpus - 1));
     let echo = sb.echo_pid().context("no echo server")?.to_string();
     sh(Command::new("taskset").args(["-a", "-p", "-c", &one, &echo]))?;
@@ -199,7 +199,7 @@ pub fn rss(pid: u32) -> Result<f64> {
     proc_kb(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
-/// `Pss` of a process (smaps_rollup), bytes.
+/// `Pss` of a process (`smaps_rollup`), bytes.
 pub fn pss(pid: u32) -> Result<f64> {
     proc_kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
@@ -241,12 +241,12 @@ pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>
             if count_listening(&sb.node, first, count)? == count {
                 return Ok(());
             }
-            for c in procs.iter_mut() {
+            for c in &mut procs {
                 if let Some(st) = c.try_wait()? {
                     bail!("a proxy exited ({st})");
                 }
             }
-            if start.elapsed() > Duration::from_secs(60) {
+            if start.elapsed() > Duration::from_mins(1) {
                 bail!("proxies not listening after 60 s");
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -254,7 +254,7 @@ pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>
     })();
     let took = start.elapsed().as_secs_f64();
     if let Err(e) = res {
-        for c in procs.iter_mut() {
+        for c in &mut procs {
             kill_child(c);
         }
         return Err(e);
@@ -339,7 +339,7 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
         Mode::Proxy => {
             let sample = sample.min(n);
             let (mut procs, took) = spawn_proxies(sb, INSTALL_BASE, sample)?;
-            for c in procs.iter_mut() {
+            for c in &mut procs {
                 kill_child(c);
             }
             Ok(Install {
@@ -353,7 +353,7 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
 }
 
 /// Runs `cmd` in a memory cgroup of its own and returns (seconds, kernel memory it left
-/// charged, bytes). The kernel memory nf_tables allocates for rules is charged to the cgroup of
+/// charged, bytes). The kernel memory `nf_tables` allocates for rules is charged to the cgroup of
 /// the process that adds them and stays there after it exits. `None` when no memory cgroup can
 /// be made (the time is still measured). The cgroup is removed afterwards.
 fn kernel_memory_of(mut cmd: Command) -> Result<(f64, Option<f64>)> {
@@ -412,7 +412,7 @@ fn iptables_append(sb: &Sandbox, ports: u32) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// `bpftool map show pinned PATH -j`: (key+value bytes, max_entries, memlock bytes).
+/// `bpftool map show pinned PATH -j`: (key+value bytes, `max_entries`, memlock bytes).
 pub fn bpf_map(path: &Path) -> Result<(f64, f64, f64)> {
     let out = sh(Command::new("bpftool")
         .args(["map", "show", "pinned"])
@@ -430,10 +430,10 @@ pub fn bpf_map(path: &Path) -> Result<(f64, f64, f64)> {
 /// Memory that `n` published ports take in one mode, all in, bytes.
 pub struct Memory {
     pub total: f64,
-    /// Proxy: RSS per process; tollgate: key+value bytes of one map in TG_PORTMAP and
-    /// TG_PORT_GUARD.
+    /// Proxy: RSS per process; tollgate: key+value bytes of one map in `TG_PORTMAP` and
+    /// `TG_PORT_GUARD`.
     pub detail: Option<f64>,
-    /// Tollgate: memlock of the two maps (whole tables) and TG_PORTMAP's max_entries.
+    /// Tollgate: memlock of the two maps (whole tables) and `TG_PORTMAP`'s `max_entries`.
     pub memlock: Option<(f64, f64)>,
 }
 
@@ -457,7 +457,7 @@ pub fn memory(sb: &Sandbox, n: u32, sample: u32) -> Result<Memory> {
                     memlock: None,
                 })
             })();
-            for c in procs.iter_mut() {
+            for c in &mut procs {
                 kill_child(c);
             }
             r
