@@ -19,6 +19,7 @@ mod workloads;
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
@@ -287,7 +288,7 @@ fn update_docs(report: &Report, md: &str, svg: Option<&str>) -> Result<()> {
     };
     let mut meta = String::new();
     for (k, v) in &report.meta {
-        meta.push_str(&format!("- {k}: {v}\n"));
+        let _ = writeln!(meta, "- {k}: {v}");
     }
     let chart = if svg.is_some() {
         "\n![connections/s against port maps](benchmarks-crr.svg)\n"
@@ -375,14 +376,14 @@ fn machine_meta(report: &mut Report, args: &BenchArgs, plan: &Plan) {
     }
     if !args.only.is_empty() {
         let w: Vec<&str> = args.only.iter().map(|w| w.name()).collect();
-        cmd.push_str(&format!(" --only {}", w.join(",")));
+        let _ = write!(cmd, " --only {}", w.join(","));
     }
     if !args.modes.is_empty() {
         let m: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
-        cmd.push_str(&format!(" --modes {}", m.join(",")));
+        let _ = write!(cmd, " --modes {}", m.join(","));
     }
     if let Some(r) = args.reps {
-        cmd.push_str(&format!(" --reps {r}"));
+        let _ = write!(cmd, " --reps {r}");
     }
     for (k, v) in [
         ("command", format!("`{cmd}`")),

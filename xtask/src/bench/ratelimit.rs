@@ -389,13 +389,13 @@ impl Topo {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let t = secs.to_string();
-            let mut a = vec!["-c", dst, "-p", &port, "-t", &t, "-J"];
-            let b = format!("{}M", self.mbit * 2);
+            let secs_arg = secs.to_string();
+            let mut args = vec!["-c", dst, "-p", &port, "-t", &secs_arg, "-J"];
+            let udp_rate = format!("{}M", self.mbit * 2);
             if udp {
-                a.extend(["-u", "-b", &b, "-l", "1400"]);
+                args.extend(["-u", "-b", &udp_rate, "-l", "1400"]);
             } else {
-                a.extend(["-O", "1"]);
+                args.extend(["-O", "1"]);
             }
             let out = ns_sh(
                 cli_ns,
@@ -403,15 +403,15 @@ impl Topo {
                 &[&(secs + 20).to_string(), "iperf3"]
                     .iter()
                     .copied()
-                    .chain(a)
+                    .chain(args)
                     .collect::<Vec<_>>(),
             )?;
-            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-            let end = &v["end"];
+            let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+            let end = &json["end"];
             if udp {
-                let s = &end["sum"];
-                let lost = s["lost_percent"].as_f64().unwrap_or(100.0);
-                Ok(s["bits_per_second"].as_f64().unwrap_or(0.0) * (100.0 - lost) / 100.0)
+                let sum = &end["sum"];
+                let lost = sum["lost_percent"].as_f64().unwrap_or(100.0);
+                Ok(sum["bits_per_second"].as_f64().unwrap_or(0.0) * (100.0 - lost) / 100.0)
             } else {
                 Ok(end["sum_received"]["bits_per_second"]
                     .as_f64()
@@ -428,7 +428,7 @@ impl Drop for Topo {
     fn drop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(d.id().cast_signed(), libc::SIGTERM) };
             let _ = d.wait();
             let _ = Command::new(&self.bin)
                 .args(["reset", "--netns", &self.node])

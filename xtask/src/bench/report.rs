@@ -318,9 +318,9 @@ impl Report {
             return None;
         }
         let ytop = nice_ceiling(ymax * 1.1);
-        let (w, h) = (720.0, 420.0);
+        let (width, height) = (720.0, 420.0);
         let (left, right, top, bottom) = (80.0, 150.0, 40.0, 60.0);
-        let (pw, ph) = (w - left - right, h - top - bottom);
+        let (pw, ph) = (width - left - right, height - top - bottom);
         let lx = |n: u32| f64::from(n.max(1)).log10();
         let (x0, x1) = (
             lx(*scales.iter().min()?),
@@ -328,14 +328,14 @@ impl Report {
         );
         let xp = |n: u32| left + (lx(n) - x0) / (x1 - x0) * pw;
         let yp = |v: f64| top + ph - v / ytop * ph;
-        let mut s = String::new();
+        let mut svg = String::new();
         let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(
-            s,
-            r##"<rect width="{w}" height="{h}" fill="#ffffff"/>
+            svg,
+            r##"<rect width="{width}" height="{height}" fill="#ffffff"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15">New TCP connections/s against published port maps</text>"##,
             left + pw / 2.0
         );
@@ -344,7 +344,7 @@ impl Report {
             let v = ytop * f64::from(i) / 5.0;
             let y = yp(v);
             let _ = writeln!(
-                s,
+                svg,
                 r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
                 left + pw,
                 left - 6.0,
@@ -355,7 +355,7 @@ impl Report {
         for &n in &scales {
             let x = xp(n);
             let _ = writeln!(
-                s,
+                svg,
                 r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eeeeee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
                 top + ph,
                 top + ph + 18.0,
@@ -363,7 +363,7 @@ impl Report {
             );
         }
         let _ = writeln!(
-            s,
+            svg,
             r##"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#000"/><line x1="{left}" y1="{top}" x2="{left}" y2="{:.1}" stroke="#000"/>
 <text x="{:.1}" y="{:.1}" text-anchor="middle">port maps / DNAT rules (log scale)</text>
 <text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">connections/s (median, bars: min–max)</text>"##,
@@ -372,7 +372,7 @@ impl Report {
             top + ph,
             top + ph,
             left + pw / 2.0,
-            h - 15.0,
+            height - 15.0,
             top + ph / 2.0
         );
         for (i, mode) in modes.iter().enumerate() {
@@ -385,7 +385,7 @@ impl Report {
                 let x = xp(n);
                 line.push(format!("{x:.1},{:.1}", yp(st.median)));
                 let _ = writeln!(
-                    s,
+                    svg,
                     r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/><circle cx="{x:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
                     yp(st.min),
                     yp(st.max),
@@ -394,7 +394,7 @@ impl Report {
             }
             if line.len() > 1 {
                 let _ = writeln!(
-                    s,
+                    svg,
                     r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
                     line.join(" ")
                 );
@@ -402,7 +402,7 @@ impl Report {
             let ly = top + 10.0 + 22.0 * i as f64;
             let lx0 = left + pw + 20.0;
             let _ = writeln!(
-                s,
+                svg,
                 r#"<line x1="{lx0}" y1="{ly}" x2="{:.1}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
                 lx0 + 24.0,
                 lx0 + 30.0,
@@ -410,8 +410,8 @@ impl Report {
                 mode.name()
             );
         }
-        s.push_str("</svg>\n");
-        Some(s)
+        svg.push_str("</svg>\n");
+        Some(svg)
     }
 }
 

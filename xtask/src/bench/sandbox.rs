@@ -559,7 +559,8 @@ impl Sandbox {
                     cmd.args(["bench-listen", "--first", &EXTRA_BASE.to_string()])
                         .args(["--count", &extra.to_string()]);
                     let mut child = spawn_logged(cmd, &self.dir.join("listen.log"))?;
-                    let last = EXTRA_BASE + (extra - 1) as u16;
+                    let last = EXTRA_BASE
+                        + u16::try_from(extra - 1).context("too many extra port maps")?;
                     let r = wait_listening(&self.node, last, std::slice::from_mut(&mut child));
                     self.filler = Some(child);
                     r?;
@@ -606,7 +607,7 @@ impl Drop for Sandbox {
         }
         if let Some(mut d) = self.daemon.take() {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(d.id().cast_signed(), libc::SIGTERM) };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = d.try_wait() {

@@ -333,10 +333,12 @@ impl LoadResult {
     pub fn from_json(s: &str) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_str(s.trim()).context("bench-load output")?;
         let f = |k: &str| v[k].as_f64().with_context(|| format!("bench-load: no {k}"));
+        // `to_json` writes the counters as integers.
+        let count = |k: &str| v[k].as_u64().with_context(|| format!("bench-load: no {k}"));
         Ok(Self {
-            transactions: f("transactions")? as u64,
+            transactions: count("transactions")?,
             secs: f("secs")?,
-            errors: f("errors")? as u64,
+            errors: count("errors")?,
             p50_us: f("p50_us")?,
             p99_us: f("p99_us")?,
         })
@@ -373,7 +375,7 @@ fn rr(target: SocketAddrV4, dur: Duration) -> Result<LoadResult> {
         let t = Instant::now();
         s.write_all(b"x")?;
         s.read_exact(&mut b).context("reading the echo")?;
-        lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+        lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
@@ -420,7 +422,7 @@ fn crr(target: SocketAddrV4, dur: Duration, threads: usize, rate: u64) -> Result
                     match one_crr(target.into()) {
                         Ok(()) => {
                             ok += 1;
-                            lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+                            lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
                         }
                         Err(_) => err += 1,
                     }

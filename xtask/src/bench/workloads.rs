@@ -1,6 +1,7 @@
 //! One measurement of one workload against one sandbox.
 
 use std::{
+    fmt::Write as _,
     io::Read,
     path::Path,
     process::{Child, Command, Stdio},
@@ -95,9 +96,11 @@ impl CpuSnap {
             .lines()
             .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
             .count()
-            .max(1) as f64;
+            .max(1);
+        let cpus = f64::from(u32::try_from(cpus)?);
         // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        let hz = f64::from(u32::try_from(hz).context("clock ticks per second")?);
         // user nice system idle iowait irq softirq steal
         Ok(Self {
             at: Instant::now(),
@@ -219,12 +222,13 @@ fn proc_kb(path: &str, key: &str) -> Result<f64> {
 fn count_listening(ns: &str, first: u16, count: u32) -> Result<u32> {
     let out = sh(in_ns(ns, "ss").args(["-Hltn"]))?;
     let last = u32::from(first) + count;
-    Ok(out
+    let n = out
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3))
         .filter_map(|a| a.rsplit(':').next()?.parse::<u32>().ok())
         .filter(|p| (u32::from(first)..last).contains(p))
-        .count() as u32)
+        .count();
+    Ok(u32::try_from(n)?)
 }
 
 /// Starts `count` proxy processes (ports from `first`) and waits until all listen; returns
@@ -234,7 +238,7 @@ pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>
     let mut procs = Vec::new();
     let res = (|| {
         for i in 0..count {
-            let p = first + i as u16;
+            let p = first + u16::try_from(i)?;
             procs.push(sb.spawn_proxy(p, ECHO_PORT)?);
         }
         loop {
@@ -280,14 +284,14 @@ const ONE_ADDS: u32 = 20;
 pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
     match sb.mode {
         Mode::Tollgate => {
-            let specs: Vec<String> = (0..n)
+            let port_specs: Vec<String> = (0..n)
                 .map(|i| {
                     let p = u32::from(INSTALL_BASE) + i;
                     format!("{p}:{p}")
                 })
                 .collect();
             let mut args = vec!["port", "add", sb.container.as_str()];
-            args.extend(specs.iter().map(String::as_str));
+            args.extend(port_specs.iter().map(String::as_str));
             let start = Instant::now();
             sb.tg(&args)?;
             let secs = start.elapsed().as_secs_f64();
@@ -324,7 +328,7 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
             let sample = sample.min(n);
             let t0 = iptables_append(sb, sample)?;
             sb.restore_rules(sb.extra)?;
-            let pre = iptables_port_rules(INSTALL_BASE + sample as u16, n - sample);
+            let pre = iptables_port_rules(INSTALL_BASE + u16::try_from(sample)?, n - sample);
             sb.iptables_restore(&restore_input(&pre), true)?;
             let t1 = iptables_append(sb, sample)?;
             sb.restore_rules(sb.extra)?;
@@ -403,7 +407,7 @@ fn iptables_append(sb: &Sandbox, ports: u32) -> Result<f64> {
     let rules = iptables_port_rules(INSTALL_BASE, ports);
     let mut script = String::from("set -e\n");
     for (table, r) in &rules {
-        script.push_str(&format!("iptables -w -t {table} {r}\n"));
+        let _ = writeln!(script, "iptables -w -t {table} {r}");
     }
     let path = sb.dir.join("append.sh");
     std::fs::write(&path, script)?;
