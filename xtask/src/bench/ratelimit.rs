@@ -96,6 +96,10 @@ pub fn run(args: &RatelimitArgs) -> Result<()> {
                 for (i, t) in tests.iter().enumerate() {
                     let udp = i >= 2;
                     let egress = i % 2 == 0;
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "a rate in Mbit/s, exact in f64"
+                    )]
                     let pct = sb.measure(egress, udp, args.secs)? / (mbit as f64 * 1e6) * 100.0;
                     eprintln!(
                         "rep {rep} {:8} {mbit:>4} mbit {t:14} {pct:6.1}%",

@@ -111,6 +111,10 @@ pub fn num(x: f64) -> String {
     if a == 0.0 {
         "0".into()
     } else if a >= 1000.0 {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "a bench figure, far inside i64; `as` saturates"
+        )]
         let r = x.round() as i64;
         // Thousands separators.
         let s = r.abs().to_string();
@@ -300,6 +304,10 @@ impl Report {
     }
 
     /// Connections/s against the number of port maps, one line per mode (log x axis).
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one SVG document written top to bottom"
+    )]
     pub fn svg(&self, modes: &[Mode]) -> Option<String> {
         let pts: Vec<&Metric> = self
             .metrics
@@ -375,7 +383,7 @@ impl Report {
             height - 15.0,
             top + ph / 2.0
         );
-        for (i, mode) in modes.iter().enumerate() {
+        for (i, mode) in (0u32..).zip(modes) {
             let color = mode.color();
             let mut line = Vec::new();
             for m in &pts {
@@ -399,7 +407,7 @@ impl Report {
                     line.join(" ")
                 );
             }
-            let ly = top + 10.0 + 22.0 * i as f64;
+            let ly = top + 10.0 + 22.0 * f64::from(i);
             let lx0 = left + pw + 20.0;
             let _ = writeln!(
                 svg,

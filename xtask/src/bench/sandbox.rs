@@ -306,6 +306,72 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The container, made by the tollgate daemon, with the two used ports published.
+    fn add_tollgate_container(&mut self) -> Result<()> {
+        self.start_daemon()?;
+        let out = self.tg(&["container", "add", &self.container.clone(), "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("container add --json")?;
+        let netns = v["netns"].as_str().context("container add: no netns")?;
+        self.container_ns = Path::new(netns)
+            .file_name()
+            .context("container netns path")?
+            .to_string_lossy()
+            .into_owned();
+        self.namespaces.push(self.container_ns.clone());
+        let ip_ = v["ip"].as_str().unwrap_or_default();
+        if ip_ != CONTAINER_IP.to_string() {
+            bail!("tollgate gave the container {ip_}, expected {CONTAINER_IP}");
+        }
+        self.tg(&[
+            "port",
+            "add",
+            &self.container.clone(),
+            &format!("{ECHO_HOST_PORT}:{ECHO_PORT}"),
+            &format!("{IPERF_HOST_PORT}:{IPERF_PORT}"),
+        ])?;
+        Ok(())
+    }
+
+    /// The container for the other modes: a namespace on a veth to the node `n`.
+    fn add_veth_container(&mut self, n: &str) -> Result<()> {
+        let k = self.container_ns.clone();
+        self.add_netns(&k)?;
+        ip(&[
+            "link", "add", HOST_VETH, "netns", n, "type", "veth", "peer", "name", "eth0", "netns",
+            &k,
+        ])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{GATEWAY_IP}/30"),
+            "dev",
+            HOST_VETH,
+        ])?;
+        ip(&["-n", n, "link", "set", HOST_VETH, "up"])?;
+        ip(&[
+            "-n",
+            &k,
+            "addr",
+            "add",
+            &format!("{CONTAINER_IP}/30"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &k, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &k,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_IP.to_string(),
+        ])?;
+        Ok(())
+    }
+
     fn build(&mut self) -> Result<()> {
         let (n, c) = (self.node.clone(), self.client.clone());
         self.add_netns(&n)?;
@@ -352,64 +418,9 @@ impl Sandbox {
         }
 
         if self.mode == Mode::Tollgate {
-            self.start_daemon()?;
-            let out = self.tg(&["container", "add", &self.container.clone(), "--json"])?;
-            let v: serde_json::Value =
-                serde_json::from_str(&out).context("container add --json")?;
-            let netns = v["netns"].as_str().context("container add: no netns")?;
-            self.container_ns = Path::new(netns)
-                .file_name()
-                .context("container netns path")?
-                .to_string_lossy()
-                .into_owned();
-            self.namespaces.push(self.container_ns.clone());
-            let ip_ = v["ip"].as_str().unwrap_or_default();
-            if ip_ != CONTAINER_IP.to_string() {
-                bail!("tollgate gave the container {ip_}, expected {CONTAINER_IP}");
-            }
-            self.tg(&[
-                "port",
-                "add",
-                &self.container.clone(),
-                &format!("{ECHO_HOST_PORT}:{ECHO_PORT}"),
-                &format!("{IPERF_HOST_PORT}:{IPERF_PORT}"),
-            ])?;
+            self.add_tollgate_container()?;
         } else {
-            let k = self.container_ns.clone();
-            self.add_netns(&k)?;
-            ip(&[
-                "link", "add", HOST_VETH, "netns", &n, "type", "veth", "peer", "name", "eth0",
-                "netns", &k,
-            ])?;
-            ip(&[
-                "-n",
-                &n,
-                "addr",
-                "add",
-                &format!("{GATEWAY_IP}/30"),
-                "dev",
-                HOST_VETH,
-            ])?;
-            ip(&["-n", &n, "link", "set", HOST_VETH, "up"])?;
-            ip(&[
-                "-n",
-                &k,
-                "addr",
-                "add",
-                &format!("{CONTAINER_IP}/30"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &k, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                &k,
-                "route",
-                "add",
-                "default",
-                "via",
-                &GATEWAY_IP.to_string(),
-            ])?;
+            self.add_veth_container(&n)?;
         }
 
         // The servers.

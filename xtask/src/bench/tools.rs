@@ -316,6 +316,10 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a transaction count, exact in f64 below 2^52"
+    )]
     pub fn per_sec(&self) -> f64 {
         self.transactions as f64 / self.secs.max(1e-9)
     }
@@ -355,6 +359,12 @@ pub fn load(args: &LoadArgs) -> Result<()> {
     Ok(())
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a sample index: below 2^52, and p in [0, 1] keeps it in range"
+)]
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -405,6 +415,10 @@ fn crr(target: SocketAddrV4, dur: Duration, threads: usize, rate: u64) -> Result
         .map(|_| {
             let stop = stop.clone();
             thread::spawn(move || {
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "a thread count and a rate, exact in f64 below 2^52"
+                )]
                 let interval =
                     (rate > 0).then(|| Duration::from_secs_f64(threads as f64 / rate as f64));
                 let (mut ok, mut err) = (0u64, 0u64);
@@ -412,6 +426,10 @@ fn crr(target: SocketAddrV4, dur: Duration, threads: usize, rate: u64) -> Result
                 let t0 = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(iv) = interval {
+                        #[expect(
+                            clippy::cast_precision_loss,
+                            reason = "connection counts, exact in f64 below 2^52"
+                        )]
                         let due = t0 + iv.mul_f64(ok as f64 + err as f64);
                         let now = Instant::now();
                         if due > now {
