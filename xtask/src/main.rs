@@ -7,18 +7,10 @@
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
 //!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
 
-#[expect(
-    clippy::pedantic,
-    reason = "the bench is linted with the default groups until its owner opts it in"
-)]
 mod bench;
 // `bench ratelimit` sits beside the main bench's modules but is dispatched from `main`, so the
 // two benches evolve without editing each other's files.
 #[path = "bench/ratelimit.rs"]
-#[expect(
-    clippy::pedantic,
-    reason = "the bench is linted with the default groups until its owner opts it in"
-)]
 mod bench_ratelimit;
 mod build;
 mod run;

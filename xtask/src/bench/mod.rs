@@ -19,6 +19,7 @@ mod workloads;
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
@@ -173,7 +174,7 @@ impl Plan {
         Plan {
             reps: args.reps.unwrap_or(if q { 1 } else { 3 }).max(1),
             stream_secs: if q { 1.0 } else { 3.0 },
-            stream_omit: if q { 0 } else { 1 },
+            stream_omit: u32::from(!q),
             rr_secs: if q { 1.0 } else { 2.0 },
             crr_secs: if q { 1.0 } else { 2.0 },
             crr_threads: 4,
@@ -287,7 +288,7 @@ fn update_docs(report: &Report, md: &str, svg: Option<&str>) -> Result<()> {
     };
     let mut meta = String::new();
     for (k, v) in &report.meta {
-        meta.push_str(&format!("- {k}: {v}\n"));
+        let _ = writeln!(meta, "- {k}: {v}");
     }
     let chart = if svg.is_some() {
         "\n![connections/s against port maps](benchmarks-crr.svg)\n"
@@ -360,7 +361,7 @@ fn machine_meta(report: &mut Report, args: &BenchArgs, plan: &Plan) {
                 .map(|(_, v)| v.trim().to_string())
         })
     };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = cpu_model(&first);
     let mem = first("/proc/meminfo", "MemTotal").unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -375,14 +376,14 @@ fn machine_meta(report: &mut Report, args: &BenchArgs, plan: &Plan) {
     }
     if !args.only.is_empty() {
         let w: Vec<&str> = args.only.iter().map(|w| w.name()).collect();
-        cmd.push_str(&format!(" --only {}", w.join(",")));
+        let _ = write!(cmd, " --only {}", w.join(","));
     }
     if !args.modes.is_empty() {
         let m: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
-        cmd.push_str(&format!(" --modes {}", m.join(",")));
+        let _ = write!(cmd, " --modes {}", m.join(","));
     }
     if let Some(r) = args.reps {
-        cmd.push_str(&format!(" --reps {r}"));
+        let _ = write!(cmd, " --reps {r}");
     }
     for (k, v) in [
         ("command", format!("`{cmd}`")),
@@ -422,7 +423,49 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
     let mut report = Report::default();
     machine_meta(&mut report, args, &plan);
 
-    let all = &modes[..];
+    define_metrics(&mut report, &plan, &modes, &want);
+
+    // The sandboxes, built once, torn down by Drop (also on error and Ctrl-C).
+    let t0 = Instant::now();
+    let mut boxes: Vec<Sandbox> = Vec::new();
+    for &m in &modes {
+        check_interrupted()?;
+        match Sandbox::new(m, tollgate) {
+            Ok(sb) => boxes.push(sb),
+            Err(e) => {
+                eprintln!("bench: {} sandbox failed: {e:#}", m.name());
+                report.broken.insert(m, format!("{e:#}"));
+            }
+        }
+    }
+    println!(
+        "bench: {} sandbox(es) up in {:.1} s",
+        boxes.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    let res = run_workloads(&mut report, &mut boxes, &plan, &want, tollgate);
+    drop(boxes);
+    res?;
+    report.meta.insert(
+        "duration".into(),
+        format!("{:.0} s", t0.elapsed().as_secs_f64()),
+    );
+    Ok(report)
+}
+
+/// Defines the metrics of the selected workloads, in report order.
+#[expect(
+    clippy::too_many_lines,
+    reason = "a flat table of metric definitions, one `define` each"
+)]
+fn define_metrics(
+    report: &mut Report,
+    plan: &Plan,
+    modes: &[Mode],
+    want: &dyn Fn(Workload) -> bool,
+) {
+    let all = modes;
     let publishing: Vec<Mode> = modes
         .iter()
         .copied()
@@ -439,7 +482,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 };
                 let s = if streams == 1 { "" } else { "s" };
                 define(
-                    &mut report,
+                    report,
                     Workload::Stream,
                     format!("stream_{dir}_{streams}"),
                     format!("TCP stream {arrow}, {streams} stream{s}"),
@@ -452,7 +495,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
     }
     if want(Workload::Rr) {
         define(
-            &mut report,
+            report,
             Workload::Rr,
             "rr_tps",
             "1-byte request/response, 1 connection",
@@ -461,7 +504,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             all,
         );
         define(
-            &mut report,
+            report,
             Workload::Rr,
             "rr_p50",
             "request/response latency p50",
@@ -470,7 +513,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             all,
         );
         define(
-            &mut report,
+            report,
             Workload::Rr,
             "rr_p99",
             "request/response latency p99",
@@ -479,7 +522,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             all,
         );
         define(
-            &mut report,
+            report,
             Workload::Rr,
             "rr_pin_tps",
             "1-byte request/response, client and server pinned to one CPU",
@@ -488,7 +531,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             all,
         );
         define(
-            &mut report,
+            report,
             Workload::Rr,
             "rr_pin_p50",
             "request/response latency p50, pinned to one CPU",
@@ -508,7 +551,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             let id = format!("crr_{n}");
             let maps = if n == 1 { "map" } else { "maps" };
             define(
-                &mut report,
+                report,
                 Workload::Crr,
                 &id,
                 format!(
@@ -522,7 +565,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             );
             report.metric_mut(&id).scale = Some(n);
             define(
-                &mut report,
+                report,
                 Workload::Crr,
                 format!("crr_cpu_{n}"),
                 format!(
@@ -560,7 +603,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 "CPU-ms/1k conn",
             ),
         ] {
-            define(&mut report, Workload::Cpu, id, label, unit, false, all);
+            define(report, Workload::Cpu, id, label, unit, false, all);
         }
         report.metric_mut("cpu_stream").note = Some(
             "machine-wide /proc/stat deltas over the run, so they include the client's and the \
@@ -581,7 +624,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 .filter(|m| *m != Mode::Proxy)
                 .collect();
             define(
-                &mut report,
+                report,
                 Workload::Install,
                 format!("install_{n}"),
                 format!(
@@ -592,7 +635,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 &installers,
             );
             define(
-                &mut report,
+                report,
                 Workload::Install,
                 format!("install_{n}_one"),
                 format!(
@@ -604,7 +647,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             );
             if publishing.contains(&Mode::Iptables) {
                 define(
-                    &mut report,
+                    report,
                     Workload::Install,
                     format!("install_{n}_each"),
                     format!("install {nn} port maps, one `iptables -A` per rule (estimated)"),
@@ -621,7 +664,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             }
             if publishing.contains(&Mode::Proxy) {
                 define(
-                    &mut report,
+                    report,
                     Workload::Install,
                     format!("install_{n}_proxy"),
                     format!("start {nn} proxy processes (estimated)"),
@@ -640,7 +683,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
         for &n in &plan.install_sizes {
             let nn = report::int(n);
             define(
-                &mut report,
+                report,
                 Workload::Memory,
                 format!("mem_{n}"),
                 format!("memory taken by {nn} published ports, all in"),
@@ -650,7 +693,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             );
         }
         define(
-            &mut report,
+            report,
             Workload::Memory,
             "mem_port",
             "memory per published port, all in",
@@ -667,7 +710,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
         );
         if publishing.contains(&Mode::Proxy) {
             define(
-                &mut report,
+                report,
                 Workload::Memory,
                 "mem_proxy_rss",
                 "proxy RSS per process (shared pages counted in full)",
@@ -678,7 +721,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
         }
         if publishing.contains(&Mode::Tollgate) {
             define(
-                &mut report,
+                report,
                 Workload::Memory,
                 "mem_bpf_kv",
                 "BPF key+value bytes per port map (TG_PORTMAP + TG_PORT_GUARD)",
@@ -687,7 +730,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 &[Mode::Tollgate],
             );
             define(
-                &mut report,
+                report,
                 Workload::Memory,
                 "mem_bpf_memlock",
                 "BPF memlock of TG_PORTMAP + TG_PORT_GUARD (whole tables)",
@@ -696,7 +739,7 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
                 &[Mode::Tollgate],
             );
             define(
-                &mut report,
+                report,
                 Workload::Memory,
                 "mem_bpf_slots",
                 "TG_PORTMAP slots (max_entries)",
@@ -706,34 +749,6 @@ fn bench(args: &BenchArgs, tollgate: &Path) -> Result<Report> {
             );
         }
     }
-
-    // The sandboxes, built once, torn down by Drop (also on error and Ctrl-C).
-    let t0 = Instant::now();
-    let mut boxes: Vec<Sandbox> = Vec::new();
-    for &m in &modes {
-        check_interrupted()?;
-        match Sandbox::new(m, tollgate) {
-            Ok(sb) => boxes.push(sb),
-            Err(e) => {
-                eprintln!("bench: {} sandbox failed: {e:#}", m.name());
-                report.broken.insert(m, format!("{e:#}"));
-            }
-        }
-    }
-    println!(
-        "bench: {} sandbox(es) up in {:.1} s",
-        boxes.len(),
-        t0.elapsed().as_secs_f64()
-    );
-
-    let res = run_workloads(&mut report, &mut boxes, &plan, &want, tollgate);
-    drop(boxes);
-    res?;
-    report.meta.insert(
-        "duration".into(),
-        format!("{:.0} s", t0.elapsed().as_secs_f64()),
-    );
-    Ok(report)
 }
 
 /// Interleaves `f` over the sandboxes, `reps` times; each call returns (metric id, value)s.
@@ -775,6 +790,10 @@ fn interleave(
     Ok(())
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one sequential block per workload, in report order"
+)]
 fn run_workloads(
     report: &mut Report,
     boxes: &mut [Sandbox],
@@ -851,6 +870,10 @@ fn run_workloads(
                         r.errors + r.transactions
                     );
                 }
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "a connection count, exact in f64 below 2^52"
+                )]
                 let k = r.transactions as f64 / 1000.0;
                 Ok(vec![
                     (id.clone(), r.per_sec()),
@@ -893,6 +916,10 @@ fn run_workloads(
                 let snap = workloads::CpuSnap::now()?;
                 let r = workloads::load(sb, "crr", plan.cpu_secs, 2, plan.cpu_crr_rate)?;
                 let (sys, busy) = snap.since()?;
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "a connection count, exact in f64 below 2^52"
+                )]
                 let k = r.transactions as f64 / 1000.0;
                 Ok(vec![
                     ("cpu_crr".into(), busy * 1000.0 / k),
@@ -996,7 +1023,7 @@ fn run_workloads(
                             report.record("mem_port", mode, m.total / f64::from(n));
                             match (mode, m.detail, m.memlock) {
                                 (Mode::Proxy, Some(r), _) => {
-                                    report.record("mem_proxy_rss", mode, r)
+                                    report.record("mem_proxy_rss", mode, r);
                                 }
                                 (Mode::Tollgate, Some(kv), Some((mem, slots))) => {
                                     report.record("mem_bpf_kv", mode, kv);

@@ -96,6 +96,10 @@ pub fn run(args: &RatelimitArgs) -> Result<()> {
                 for (i, t) in tests.iter().enumerate() {
                     let udp = i >= 2;
                     let egress = i % 2 == 0;
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "a rate in Mbit/s, exact in f64"
+                    )]
                     let pct = sb.measure(egress, udp, args.secs)? / (mbit as f64 * 1e6) * 100.0;
                     eprintln!(
                         "rep {rep} {:8} {mbit:>4} mbit {t:14} {pct:6.1}%",
@@ -335,35 +339,32 @@ impl Topo {
         ns_sh(&n, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         // Ingress: the host veth's egress. Egress: the container's eth0 egress.
         for (ns, dev) in [(&n, "vk0"), (&k, "eth0")] {
-            match self.kind {
-                Kind::Htb => {
-                    sh(
-                        "tc",
-                        &[
-                            "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
-                            "default", "10",
-                        ],
-                    )?;
-                    sh(
-                        "tc",
-                        &[
-                            "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid",
-                            "1:10", "htb", "rate", rate, "ceil", rate,
-                        ],
-                    )?;
-                }
-                _ => {
-                    // The CNI bandwidth plugin's shape: tbf with a burst and a 50 ms latency
-                    // bound; burst = 10 ms of the rate, at least 64 KiB.
-                    let burst = (mbit * 1_000_000 / 8 / 100).max(64 * 1024).to_string();
-                    sh(
-                        "tc",
-                        &[
-                            "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-                            "burst", &burst, "latency", "50ms",
-                        ],
-                    )?;
-                }
+            if self.kind == Kind::Htb {
+                sh(
+                    "tc",
+                    &[
+                        "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+                        "default", "10",
+                    ],
+                )?;
+                sh(
+                    "tc",
+                    &[
+                        "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid", "1:10",
+                        "htb", "rate", rate, "ceil", rate,
+                    ],
+                )?;
+            } else {
+                // The CNI bandwidth plugin's shape: tbf with a burst and a 50 ms latency
+                // bound; burst = 10 ms of the rate, at least 64 KiB.
+                let burst = (mbit * 1_000_000 / 8 / 100).max(64 * 1024).to_string();
+                sh(
+                    "tc",
+                    &[
+                        "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst",
+                        &burst, "latency", "50ms",
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -392,13 +393,13 @@ impl Topo {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let t = secs.to_string();
-            let mut a = vec!["-c", dst, "-p", &port, "-t", &t, "-J"];
-            let b = format!("{}M", self.mbit * 2);
+            let secs_arg = secs.to_string();
+            let mut args = vec!["-c", dst, "-p", &port, "-t", &secs_arg, "-J"];
+            let udp_rate = format!("{}M", self.mbit * 2);
             if udp {
-                a.extend(["-u", "-b", &b, "-l", "1400"]);
+                args.extend(["-u", "-b", &udp_rate, "-l", "1400"]);
             } else {
-                a.extend(["-O", "1"]);
+                args.extend(["-O", "1"]);
             }
             let out = ns_sh(
                 cli_ns,
@@ -406,15 +407,15 @@ impl Topo {
                 &[&(secs + 20).to_string(), "iperf3"]
                     .iter()
                     .copied()
-                    .chain(a)
+                    .chain(args)
                     .collect::<Vec<_>>(),
             )?;
-            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-            let end = &v["end"];
+            let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+            let end = &json["end"];
             if udp {
-                let s = &end["sum"];
-                let lost = s["lost_percent"].as_f64().unwrap_or(100.0);
-                Ok(s["bits_per_second"].as_f64().unwrap_or(0.0) * (100.0 - lost) / 100.0)
+                let sum = &end["sum"];
+                let lost = sum["lost_percent"].as_f64().unwrap_or(100.0);
+                Ok(sum["bits_per_second"].as_f64().unwrap_or(0.0) * (100.0 - lost) / 100.0)
             } else {
                 Ok(end["sum_received"]["bits_per_second"]
                     .as_f64()
@@ -431,7 +432,7 @@ impl Drop for Topo {
     fn drop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(d.id().cast_signed(), libc::SIGTERM) };
             let _ = d.wait();
             let _ = Command::new(&self.bin)
                 .args(["reset", "--netns", &self.node])

@@ -37,10 +37,10 @@ pub fn stats(v: &[f64]) -> Option<Stats> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    let median = if !n.is_multiple_of(2) {
-        s[n / 2]
+    let median = if n.is_multiple_of(2) {
+        f64::midpoint(s[n / 2 - 1], s[n / 2])
     } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
+        s[n / 2]
     };
     Some(Stats {
         median,
@@ -111,6 +111,10 @@ pub fn num(x: f64) -> String {
     if a == 0.0 {
         "0".into()
     } else if a >= 1000.0 {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "a bench figure, far inside i64; `as` saturates"
+        )]
         let r = x.round() as i64;
         // Thousands separators.
         let s = r.abs().to_string();
@@ -169,8 +173,7 @@ impl Report {
                         .errors
                         .get(mode)
                         .or_else(|| self.broken.get(mode))
-                        .map(String::as_str)
-                        .unwrap_or("no sample");
+                        .map_or("no sample", String::as_str);
                     missing.push(format!("{} / {}: {why}", m.id, mode.name()));
                 }
             }
@@ -221,8 +224,7 @@ impl Report {
                 for to in [Mode::Baseline, Mode::Iptables] {
                     let cell = m
                         .ratio(Mode::Tollgate, to)
-                        .map(|r| format!("{r:.2}×"))
-                        .unwrap_or_else(|| "–".into());
+                        .map_or_else(|| "–".into(), |r| format!("{r:.2}×"));
                     let _ = write!(s, " {cell} |");
                 }
             }
@@ -302,6 +304,10 @@ impl Report {
     }
 
     /// Connections/s against the number of port maps, one line per mode (log x axis).
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one SVG document written top to bottom"
+    )]
     pub fn svg(&self, modes: &[Mode]) -> Option<String> {
         let pts: Vec<&Metric> = self
             .metrics
@@ -320,9 +326,9 @@ impl Report {
             return None;
         }
         let ytop = nice_ceiling(ymax * 1.1);
-        let (w, h) = (720.0, 420.0);
+        let (width, height) = (720.0, 420.0);
         let (left, right, top, bottom) = (80.0, 150.0, 40.0, 60.0);
-        let (pw, ph) = (w - left - right, h - top - bottom);
+        let (pw, ph) = (width - left - right, height - top - bottom);
         let lx = |n: u32| f64::from(n.max(1)).log10();
         let (x0, x1) = (
             lx(*scales.iter().min()?),
@@ -330,14 +336,14 @@ impl Report {
         );
         let xp = |n: u32| left + (lx(n) - x0) / (x1 - x0) * pw;
         let yp = |v: f64| top + ph - v / ytop * ph;
-        let mut s = String::new();
+        let mut svg = String::new();
         let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
         );
         let _ = writeln!(
-            s,
-            r##"<rect width="{w}" height="{h}" fill="#ffffff"/>
+            svg,
+            r##"<rect width="{width}" height="{height}" fill="#ffffff"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15">New TCP connections/s against published port maps</text>"##,
             left + pw / 2.0
         );
@@ -346,7 +352,7 @@ impl Report {
             let v = ytop * f64::from(i) / 5.0;
             let y = yp(v);
             let _ = writeln!(
-                s,
+                svg,
                 r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
                 left + pw,
                 left - 6.0,
@@ -357,7 +363,7 @@ impl Report {
         for &n in &scales {
             let x = xp(n);
             let _ = writeln!(
-                s,
+                svg,
                 r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eeeeee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
                 top + ph,
                 top + ph + 18.0,
@@ -365,7 +371,7 @@ impl Report {
             );
         }
         let _ = writeln!(
-            s,
+            svg,
             r##"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#000"/><line x1="{left}" y1="{top}" x2="{left}" y2="{:.1}" stroke="#000"/>
 <text x="{:.1}" y="{:.1}" text-anchor="middle">port maps / DNAT rules (log scale)</text>
 <text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">connections/s (median, bars: min–max)</text>"##,
@@ -374,10 +380,10 @@ impl Report {
             top + ph,
             top + ph,
             left + pw / 2.0,
-            h - 15.0,
+            height - 15.0,
             top + ph / 2.0
         );
-        for (i, mode) in modes.iter().enumerate() {
+        for (i, mode) in (0u32..).zip(modes) {
             let color = mode.color();
             let mut line = Vec::new();
             for m in &pts {
@@ -387,7 +393,7 @@ impl Report {
                 let x = xp(n);
                 line.push(format!("{x:.1},{:.1}", yp(st.median)));
                 let _ = writeln!(
-                    s,
+                    svg,
                     r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/><circle cx="{x:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
                     yp(st.min),
                     yp(st.max),
@@ -396,15 +402,15 @@ impl Report {
             }
             if line.len() > 1 {
                 let _ = writeln!(
-                    s,
+                    svg,
                     r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
                     line.join(" ")
                 );
             }
-            let ly = top + 10.0 + 22.0 * i as f64;
+            let ly = top + 10.0 + 22.0 * f64::from(i);
             let lx0 = left + pw + 20.0;
             let _ = writeln!(
-                s,
+                svg,
                 r#"<line x1="{lx0}" y1="{ly}" x2="{:.1}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
                 lx0 + 24.0,
                 lx0 + 30.0,
@@ -412,8 +418,8 @@ impl Report {
                 mode.name()
             );
         }
-        s.push_str("</svg>\n");
-        Some(s)
+        svg.push_str("</svg>\n");
+        Some(svg)
     }
 }
 

@@ -129,7 +129,7 @@ pub fn wait_listening(ns: &str, port: u16, children: &mut [Child]) -> Result<()>
 
 /// The Docker (`--userland-proxy=false`) + Warden ruleset for the node namespace, with the
 /// used maps (`8080:80`, `5201:5201`) published last, after `extra` other maps (`P:P`, P from
-/// EXTRA_BASE). A map is Docker's three rules: nat DOCKER DNAT, filter DOCKER ACCEPT and the
+/// `EXTRA_BASE`). A map is Docker's three rules: nat DOCKER DNAT, filter DOCKER ACCEPT and the
 /// POSTROUTING hairpin MASQUERADE.
 pub fn iptables_ruleset(extra: u32) -> String {
     let c = CONTAINER_IP;
@@ -306,6 +306,72 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The container, made by the tollgate daemon, with the two used ports published.
+    fn add_tollgate_container(&mut self) -> Result<()> {
+        self.start_daemon()?;
+        let out = self.tg(&["container", "add", &self.container.clone(), "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("container add --json")?;
+        let netns = v["netns"].as_str().context("container add: no netns")?;
+        self.container_ns = Path::new(netns)
+            .file_name()
+            .context("container netns path")?
+            .to_string_lossy()
+            .into_owned();
+        self.namespaces.push(self.container_ns.clone());
+        let ip_ = v["ip"].as_str().unwrap_or_default();
+        if ip_ != CONTAINER_IP.to_string() {
+            bail!("tollgate gave the container {ip_}, expected {CONTAINER_IP}");
+        }
+        self.tg(&[
+            "port",
+            "add",
+            &self.container.clone(),
+            &format!("{ECHO_HOST_PORT}:{ECHO_PORT}"),
+            &format!("{IPERF_HOST_PORT}:{IPERF_PORT}"),
+        ])?;
+        Ok(())
+    }
+
+    /// The container for the other modes: a namespace on a veth to the node `n`.
+    fn add_veth_container(&mut self, n: &str) -> Result<()> {
+        let k = self.container_ns.clone();
+        self.add_netns(&k)?;
+        ip(&[
+            "link", "add", HOST_VETH, "netns", n, "type", "veth", "peer", "name", "eth0", "netns",
+            &k,
+        ])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{GATEWAY_IP}/30"),
+            "dev",
+            HOST_VETH,
+        ])?;
+        ip(&["-n", n, "link", "set", HOST_VETH, "up"])?;
+        ip(&[
+            "-n",
+            &k,
+            "addr",
+            "add",
+            &format!("{CONTAINER_IP}/30"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &k, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &k,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_IP.to_string(),
+        ])?;
+        Ok(())
+    }
+
     fn build(&mut self) -> Result<()> {
         let (n, c) = (self.node.clone(), self.client.clone());
         self.add_netns(&n)?;
@@ -352,64 +418,9 @@ impl Sandbox {
         }
 
         if self.mode == Mode::Tollgate {
-            self.start_daemon()?;
-            let out = self.tg(&["container", "add", &self.container.clone(), "--json"])?;
-            let v: serde_json::Value =
-                serde_json::from_str(&out).context("container add --json")?;
-            let netns = v["netns"].as_str().context("container add: no netns")?;
-            self.container_ns = Path::new(netns)
-                .file_name()
-                .context("container netns path")?
-                .to_string_lossy()
-                .into_owned();
-            self.namespaces.push(self.container_ns.clone());
-            let ip_ = v["ip"].as_str().unwrap_or_default();
-            if ip_ != CONTAINER_IP.to_string() {
-                bail!("tollgate gave the container {ip_}, expected {CONTAINER_IP}");
-            }
-            self.tg(&[
-                "port",
-                "add",
-                &self.container.clone(),
-                &format!("{ECHO_HOST_PORT}:{ECHO_PORT}"),
-                &format!("{IPERF_HOST_PORT}:{IPERF_PORT}"),
-            ])?;
+            self.add_tollgate_container()?;
         } else {
-            let k = self.container_ns.clone();
-            self.add_netns(&k)?;
-            ip(&[
-                "link", "add", HOST_VETH, "netns", &n, "type", "veth", "peer", "name", "eth0",
-                "netns", &k,
-            ])?;
-            ip(&[
-                "-n",
-                &n,
-                "addr",
-                "add",
-                &format!("{GATEWAY_IP}/30"),
-                "dev",
-                HOST_VETH,
-            ])?;
-            ip(&["-n", &n, "link", "set", HOST_VETH, "up"])?;
-            ip(&[
-                "-n",
-                &k,
-                "addr",
-                "add",
-                &format!("{CONTAINER_IP}/30"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &k, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                &k,
-                "route",
-                "add",
-                "default",
-                "via",
-                &GATEWAY_IP.to_string(),
-            ])?;
+            self.add_veth_container(&n)?;
         }
 
         // The servers.
@@ -559,7 +570,8 @@ impl Sandbox {
                     cmd.args(["bench-listen", "--first", &EXTRA_BASE.to_string()])
                         .args(["--count", &extra.to_string()]);
                     let mut child = spawn_logged(cmd, &self.dir.join("listen.log"))?;
-                    let last = EXTRA_BASE + (extra - 1) as u16;
+                    let last = EXTRA_BASE
+                        + u16::try_from(extra - 1).context("too many extra port maps")?;
                     let r = wait_listening(&self.node, last, std::slice::from_mut(&mut child));
                     self.filler = Some(child);
                     r?;
@@ -606,7 +618,7 @@ impl Drop for Sandbox {
         }
         if let Some(mut d) = self.daemon.take() {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(d.id().cast_signed(), libc::SIGTERM) };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = d.try_wait() {

@@ -170,9 +170,9 @@ fn raise_nofile() {
     };
     // SAFETY: lim is a valid rlimit for both calls.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 {
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
         }
     }
 }
@@ -316,6 +316,10 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a transaction count, exact in f64 below 2^52"
+    )]
     pub fn per_sec(&self) -> f64 {
         self.transactions as f64 / self.secs.max(1e-9)
     }
@@ -333,10 +337,12 @@ impl LoadResult {
     pub fn from_json(s: &str) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_str(s.trim()).context("bench-load output")?;
         let f = |k: &str| v[k].as_f64().with_context(|| format!("bench-load: no {k}"));
+        // `to_json` writes the counters as integers.
+        let count = |k: &str| v[k].as_u64().with_context(|| format!("bench-load: no {k}"));
         Ok(Self {
-            transactions: f("transactions")? as u64,
+            transactions: count("transactions")?,
             secs: f("secs")?,
-            errors: f("errors")? as u64,
+            errors: count("errors")?,
             p50_us: f("p50_us")?,
             p99_us: f("p99_us")?,
         })
@@ -353,6 +359,12 @@ pub fn load(args: &LoadArgs) -> Result<()> {
     Ok(())
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a sample index: below 2^52, and p in [0, 1] keeps it in range"
+)]
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -373,7 +385,7 @@ fn rr(target: SocketAddrV4, dur: Duration) -> Result<LoadResult> {
         let t = Instant::now();
         s.write_all(b"x")?;
         s.read_exact(&mut b).context("reading the echo")?;
-        lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+        lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
@@ -403,6 +415,10 @@ fn crr(target: SocketAddrV4, dur: Duration, threads: usize, rate: u64) -> Result
         .map(|_| {
             let stop = stop.clone();
             thread::spawn(move || {
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "a thread count and a rate, exact in f64 below 2^52"
+                )]
                 let interval =
                     (rate > 0).then(|| Duration::from_secs_f64(threads as f64 / rate as f64));
                 let (mut ok, mut err) = (0u64, 0u64);
@@ -410,6 +426,10 @@ fn crr(target: SocketAddrV4, dur: Duration, threads: usize, rate: u64) -> Result
                 let t0 = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(iv) = interval {
+                        #[expect(
+                            clippy::cast_precision_loss,
+                            reason = "connection counts, exact in f64 below 2^52"
+                        )]
                         let due = t0 + iv.mul_f64(ok as f64 + err as f64);
                         let now = Instant::now();
                         if due > now {
@@ -420,7 +440,7 @@ fn crr(target: SocketAddrV4, dur: Duration, threads: usize, rate: u64) -> Result
                     match one_crr(target.into()) {
                         Ok(()) => {
                             ok += 1;
-                            lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+                            lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
                         }
                         Err(_) => err += 1,
                     }

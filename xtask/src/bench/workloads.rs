@@ -1,6 +1,7 @@
 //! One measurement of one workload against one sandbox.
 
 use std::{
+    fmt::Write as _,
     io::Read,
     path::Path,
     process::{Child, Command, Stdio},
@@ -75,7 +76,7 @@ pub struct CpuSnap {
     cpus: f64,
     /// system + softirq, seconds (tick-sampled).
     sys_softirq: f64,
-    /// idle + iowait, seconds (exact on NO_HZ kernels: measured at idle entry and exit).
+    /// idle + iowait, seconds (exact on `NO_HZ` kernels: measured at idle entry and exit).
     idle: f64,
 }
 
@@ -95,9 +96,11 @@ impl CpuSnap {
             .lines()
             .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
             .count()
-            .max(1) as f64;
+            .max(1);
+        let cpus = f64::from(u32::try_from(cpus)?);
         // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        let hz = f64::from(u32::try_from(hz).context("clock ticks per second")?);
         // user nice system idle iowait irq softirq steal
         Ok(Self {
             at: Instant::now(),
@@ -174,7 +177,7 @@ pub fn load(sb: &Sandbox, kind: &str, secs: f64, threads: usize, rate: u64) -> R
 /// `load` with the load generator and the container's echo server (all its threads) pinned to
 /// the last CPU; the server's affinity is restored afterwards.
 pub fn load_pinned(sb: &Sandbox, kind: &str, secs: f64) -> Result<LoadResult> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let (one, all) = ((cpus - 1).to_string(), format!("0-{}", cpus - 1));
     let echo = sb.echo_pid().context("no echo server")?.to_string();
     sh(Command::new("taskset").args(["-a", "-p", "-c", &one, &echo]))?;
@@ -199,7 +202,7 @@ pub fn rss(pid: u32) -> Result<f64> {
     proc_kb(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
-/// `Pss` of a process (smaps_rollup), bytes.
+/// `Pss` of a process (`smaps_rollup`), bytes.
 pub fn pss(pid: u32) -> Result<f64> {
     proc_kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
@@ -219,12 +222,13 @@ fn proc_kb(path: &str, key: &str) -> Result<f64> {
 fn count_listening(ns: &str, first: u16, count: u32) -> Result<u32> {
     let out = sh(in_ns(ns, "ss").args(["-Hltn"]))?;
     let last = u32::from(first) + count;
-    Ok(out
+    let n = out
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3))
         .filter_map(|a| a.rsplit(':').next()?.parse::<u32>().ok())
         .filter(|p| (u32::from(first)..last).contains(p))
-        .count() as u32)
+        .count();
+    Ok(u32::try_from(n)?)
 }
 
 /// Starts `count` proxy processes (ports from `first`) and waits until all listen; returns
@@ -234,19 +238,19 @@ pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>
     let mut procs = Vec::new();
     let res = (|| {
         for i in 0..count {
-            let p = first + i as u16;
+            let p = first + u16::try_from(i)?;
             procs.push(sb.spawn_proxy(p, ECHO_PORT)?);
         }
         loop {
             if count_listening(&sb.node, first, count)? == count {
                 return Ok(());
             }
-            for c in procs.iter_mut() {
+            for c in &mut procs {
                 if let Some(st) = c.try_wait()? {
                     bail!("a proxy exited ({st})");
                 }
             }
-            if start.elapsed() > Duration::from_secs(60) {
+            if start.elapsed() > Duration::from_mins(1) {
                 bail!("proxies not listening after 60 s");
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -254,7 +258,7 @@ pub fn spawn_proxies(sb: &Sandbox, first: u16, count: u32) -> Result<(Vec<Child>
     })();
     let took = start.elapsed().as_secs_f64();
     if let Err(e) = res {
-        for c in procs.iter_mut() {
+        for c in &mut procs {
             kill_child(c);
         }
         return Err(e);
@@ -280,14 +284,14 @@ const ONE_ADDS: u32 = 20;
 pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
     match sb.mode {
         Mode::Tollgate => {
-            let specs: Vec<String> = (0..n)
+            let port_specs: Vec<String> = (0..n)
                 .map(|i| {
                     let p = u32::from(INSTALL_BASE) + i;
                     format!("{p}:{p}")
                 })
                 .collect();
             let mut args = vec!["port", "add", sb.container.as_str()];
-            args.extend(specs.iter().map(String::as_str));
+            args.extend(port_specs.iter().map(String::as_str));
             let start = Instant::now();
             sb.tg(&args)?;
             let secs = start.elapsed().as_secs_f64();
@@ -324,7 +328,7 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
             let sample = sample.min(n);
             let t0 = iptables_append(sb, sample)?;
             sb.restore_rules(sb.extra)?;
-            let pre = iptables_port_rules(INSTALL_BASE + sample as u16, n - sample);
+            let pre = iptables_port_rules(INSTALL_BASE + u16::try_from(sample)?, n - sample);
             sb.iptables_restore(&restore_input(&pre), true)?;
             let t1 = iptables_append(sb, sample)?;
             sb.restore_rules(sb.extra)?;
@@ -339,7 +343,7 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
         Mode::Proxy => {
             let sample = sample.min(n);
             let (mut procs, took) = spawn_proxies(sb, INSTALL_BASE, sample)?;
-            for c in procs.iter_mut() {
+            for c in &mut procs {
                 kill_child(c);
             }
             Ok(Install {
@@ -353,7 +357,7 @@ pub fn install(sb: &Sandbox, n: u32, sample: u32) -> Result<Install> {
 }
 
 /// Runs `cmd` in a memory cgroup of its own and returns (seconds, kernel memory it left
-/// charged, bytes). The kernel memory nf_tables allocates for rules is charged to the cgroup of
+/// charged, bytes). The kernel memory `nf_tables` allocates for rules is charged to the cgroup of
 /// the process that adds them and stays there after it exits. `None` when no memory cgroup can
 /// be made (the time is still measured). The cgroup is removed afterwards.
 fn kernel_memory_of(mut cmd: Command) -> Result<(f64, Option<f64>)> {
@@ -403,7 +407,7 @@ fn iptables_append(sb: &Sandbox, ports: u32) -> Result<f64> {
     let rules = iptables_port_rules(INSTALL_BASE, ports);
     let mut script = String::from("set -e\n");
     for (table, r) in &rules {
-        script.push_str(&format!("iptables -w -t {table} {r}\n"));
+        let _ = writeln!(script, "iptables -w -t {table} {r}");
     }
     let path = sb.dir.join("append.sh");
     std::fs::write(&path, script)?;
@@ -412,7 +416,7 @@ fn iptables_append(sb: &Sandbox, ports: u32) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// `bpftool map show pinned PATH -j`: (key+value bytes, max_entries, memlock bytes).
+/// `bpftool map show pinned PATH -j`: (key+value bytes, `max_entries`, memlock bytes).
 pub fn bpf_map(path: &Path) -> Result<(f64, f64, f64)> {
     let out = sh(Command::new("bpftool")
         .args(["map", "show", "pinned"])
@@ -430,10 +434,10 @@ pub fn bpf_map(path: &Path) -> Result<(f64, f64, f64)> {
 /// Memory that `n` published ports take in one mode, all in, bytes.
 pub struct Memory {
     pub total: f64,
-    /// Proxy: RSS per process; tollgate: key+value bytes of one map in TG_PORTMAP and
-    /// TG_PORT_GUARD.
+    /// Proxy: RSS per process; tollgate: key+value bytes of one map in `TG_PORTMAP` and
+    /// `TG_PORT_GUARD`.
     pub detail: Option<f64>,
-    /// Tollgate: memlock of the two maps (whole tables) and TG_PORTMAP's max_entries.
+    /// Tollgate: memlock of the two maps (whole tables) and `TG_PORTMAP`'s `max_entries`.
     pub memlock: Option<(f64, f64)>,
 }
 
@@ -457,7 +461,7 @@ pub fn memory(sb: &Sandbox, n: u32, sample: u32) -> Result<Memory> {
                     memlock: None,
                 })
             })();
-            for c in procs.iter_mut() {
+            for c in &mut procs {
                 kill_child(c);
             }
             r
