@@ -307,6 +307,17 @@ fn rule(spec: &str) -> Result<RuleSpec> {
     spec.parse()
 }
 
+/// `policy allow|deny NAME RULE`: one rule added with `action`.
+fn add_rule(client: &Client, name: &str, r: &str, action: Action) -> Result<serde::de::IgnoredAny> {
+    client.post(
+        &path(paths::CONTAINER_RULES, name),
+        &api::RuleAdd {
+            rule: rule(r)?,
+            action,
+        },
+    )
+}
+
 fn policy(client: &Client, p: PolicyCmd) -> Result<()> {
     let _: serde::de::IgnoredAny = match p {
         PolicyCmd::Link { from, to } => {
@@ -319,20 +330,8 @@ fn policy(client: &Client, p: PolicyCmd) -> Result<()> {
             &path(paths::CONTAINER_EGRESS, &name),
             &api::EgressSet { egress: stance },
         )?,
-        PolicyCmd::Allow { name, rule: r } => client.post(
-            &path(paths::CONTAINER_RULES, &name),
-            &api::RuleAdd {
-                rule: rule(&r)?,
-                action: Action::Allow,
-            },
-        )?,
-        PolicyCmd::Deny { name, rule: r } => client.post(
-            &path(paths::CONTAINER_RULES, &name),
-            &api::RuleAdd {
-                rule: rule(&r)?,
-                action: Action::Deny,
-            },
-        )?,
+        PolicyCmd::Allow { name, rule: r } => add_rule(client, &name, &r, Action::Allow)?,
+        PolicyCmd::Deny { name, rule: r } => add_rule(client, &name, &r, Action::Deny)?,
         PolicyCmd::Rm { name, rule: r } => client.delete(
             &path(paths::CONTAINER_RULES, &name),
             Some(&api::RuleDel { rule: rule(&r)? }),
