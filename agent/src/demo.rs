@@ -227,7 +227,7 @@ fn build_topology(sb: &Sandbox) -> Result<()> {
     let client = netns::create_named(&sb.client)?;
     netlink::with_handle_in(&node, move |h| async move {
         let f = std::fs::File::open(&client)?;
-        link::add_veth(&h, "up0", "eth0", &f).await?;
+        link::add_veth(&h, "up0", "eth0", [None, None], &f).await?;
         let up = link::require_index(&h, "up0").await?;
         addr::add(&h, up, UPLINK_IP, 24).await?;
         link::set_up(&h, up).await

@@ -3,8 +3,9 @@
 
 /// Port maps: `PortKey` -> `PortValue`. Written by the agent, read by every hook.
 pub const PORTMAP: &str = "TG_PORTMAP";
-/// Every (port, proto) published on any host IP: `PortKey{host_ip: 0}` -> refcount.
-/// Read by the bind4 hook to refuse node processes a published port.
+/// Every (port, proto) published on any host IP: `PortKey{host_ip: 0}` -> the tgid of the one
+/// process allowed to bind it, or `GUARD_NOBODY` (see `portmap::guard_owner`). Read by the
+/// bind4 hook to refuse node processes a published port.
 pub const PORT_GUARD: &str = "TG_PORT_GUARD";
 /// The node's own addresses (uplink, container gateways, loopback): `u32` (BE) -> flags.
 pub const LOCAL_ADDRS: &str = "TG_LOCAL_ADDRS";

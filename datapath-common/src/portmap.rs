@@ -28,6 +28,20 @@ pub struct PortValue {
     pub endpoint_id: u32,
 }
 
+/// Value of `TG_PORT_GUARD` when no process may bind the port.
+pub const GUARD_NOBODY: u32 = 1;
+
+/// Whether a `TG_PORT_GUARD` value names a process (its tgid) allowed to bind the port: the
+/// CNI runtime that published it, for its own placeholder reservation (podman's conmon).
+/// 0 and 1 name nobody (1 is init, never a runtime).
+pub const fn guard_owner(value: u32) -> Option<u32> {
+    if value > GUARD_NOBODY {
+        Some(value)
+    } else {
+        None
+    }
+}
+
 crate::impl_pod!(PortKey, PortValue);
 
 #[cfg(test)]

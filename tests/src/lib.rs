@@ -3,6 +3,7 @@
 //! running with `--netns`, the real `tollgate` CLI, and small TCP/UDP peers running on
 //! threads that entered a namespace. Everything is removed in `Drop`, also on panic.
 
+pub mod cni;
 pub mod net;
 pub mod sandbox;
 

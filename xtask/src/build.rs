@@ -1,5 +1,9 @@
-//! `cargo xtask build [--debug]`: setup, then build the `tollgate` binary. The eBPF object is
-//! built (cargo +nightly, bpf-linker) and embedded by agent/build.rs.
+//! `cargo xtask build [--debug]`: setup, then build the `tollgate` binary and the CNI plugin
+//! `tollgate-cni` beside it. The eBPF object is built (cargo +nightly, bpf-linker) and embedded
+//! by agent/build.rs into `tollgate` only.
+//!
+//! `cargo xtask install-cni DIR`: build, then install the plugin as `DIR/tollgate` (the name
+//! its network configs give as `type`).
 
 use std::path::PathBuf;
 
@@ -36,9 +40,39 @@ pub fn build(debug: bool) -> Result<PathBuf> {
     }
     run_cmd(&mut cmd).context("building tollgate failed")?;
     let bin = binary_path(debug);
-    if !bin.is_file() {
-        bail!("the build succeeded but {} is missing", bin.display());
+    for b in [&bin, &cni_path(debug)] {
+        if !b.is_file() {
+            bail!("the build succeeded but {} is missing", b.display());
+        }
+        println!("{}", b.display());
     }
-    println!("{}", bin.display());
     Ok(bin)
+}
+
+/// Path of the `tollgate-cni` binary for a profile.
+pub fn cni_path(debug: bool) -> PathBuf {
+    binary_path(debug).with_file_name("tollgate-cni")
+}
+
+#[derive(Args)]
+pub struct InstallCniArgs {
+    /// The runtime's CNI plugin directory (/opt/cni/bin for containerd, /usr/lib/cni for
+    /// Debian's podman).
+    pub dir: PathBuf,
+}
+
+/// Builds, then copies the plugin to `DIR/tollgate` (through a temporary file and a rename,
+/// so a runtime never executes a half-written plugin).
+pub fn install_cni(args: &InstallCniArgs) -> Result<()> {
+    setup::run().context("setup failed")?;
+    build(false)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dest = args.dir.join("tollgate");
+    let tmp = args.dir.join(".tollgate.tmp");
+    std::fs::copy(cni_path(false), &tmp)
+        .with_context(|| format!("copying the plugin to {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
+    println!("installed {}", dest.display());
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask`: Tollgate's build tooling.
 //!
 //! - `cargo xtask setup`: install what building and testing need (idempotent; quiet when done).
-//! - `cargo xtask build [--debug]`: setup, then build the `tollgate` binary (eBPF object embedded).
+//! - `cargo xtask build [--debug]`: setup, then build `tollgate` (eBPF object embedded) and the
+//!   CNI plugin `tollgate-cni`.
+//! - `cargo xtask install-cni DIR`: build, then install the CNI plugin as `DIR/tollgate`.
 //! - `cargo xtask test`: setup, lint, build, unit tests, then the privileged integration tests.
 //! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
@@ -44,8 +46,10 @@ enum Task {
     /// bpf-linker against nightly's LLVM, bpffs at /sys/fs/bpf. Idempotent.
     Setup,
     /// Setup, then build the `tollgate` binary (the eBPF object is built and embedded by
-    /// agent/build.rs).
+    /// agent/build.rs) and the CNI plugin `tollgate-cni`.
     Build(build::BuildArgs),
+    /// Build, then install the CNI plugin into a runtime's plugin directory as `DIR/tollgate`.
+    InstallCni(build::InstallCniArgs),
     /// Setup, lint (fmt, clippy), build, run the unit tests, then the privileged integration
     /// tests (crate tollgate-tests) against target/release/tollgate.
     Test(test::TestArgs),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         match Cli::parse().task {
             Task::Setup => setup::run(),
             Task::Build(args) => build::run(&args).map(|_| ()),
+            Task::InstallCni(args) => build::install_cni(&args),
             Task::Test(args) => test::run(&args),
             Task::BuildAndRun(args) => run::run(&args),
             Task::Bench(args) => bench::run(&args),

@@ -34,6 +34,15 @@ const PACKAGES: &[&str] = &[
     "procps",
     // tests/tests/api.rs drives the API with `curl --unix-socket`.
     "curl",
+    // The CNI plugin's tests run real runtimes offline (shared/reference/cni.md), and the
+    // standard bridge + portmap plugins for comparison.
+    "podman",
+    "crun",
+    "conmon",
+    "catatonit",
+    "busybox-static",
+    "containernetworking-plugins",
+    "containerd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -2,6 +2,7 @@
 //! connection per request, JSON bodies as the typed structs of `types`.
 
 use std::{
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
-use super::types::ErrorBody;
+use super::{fdpass::FdStream, types::ErrorBody};
 
 /// Large batches (thousands of port maps) take a while; never hang forever.
 const TIMEOUT: Duration = Duration::from_mins(5);
@@ -36,6 +37,7 @@ impl std::error::Error for ApiError {}
 pub struct Client {
     socket: PathBuf,
     rt: tokio::runtime::Runtime,
+    timeout: Duration,
 }
 
 impl Client {
@@ -47,7 +49,15 @@ impl Client {
         Ok(Self {
             socket: socket.to_path_buf(),
             rt,
+            timeout: TIMEOUT,
         })
+    }
+
+    /// How long a request may take before it fails.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -77,14 +87,26 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
+        self.call_with_fd(method, path, body, None)
+    }
+
+    /// Like `call`, handing the daemon `fd` along with the request (`SCM_RIGHTS`; see `fdpass`).
+    pub fn call_with_fd<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        fd: Option<OwnedFd>,
+    ) -> Result<T> {
         let body = match body {
             Some(b) => serde_json::to_vec(b)?,
             None => Vec::new(),
         };
+        let timeout = self.timeout;
         let (status, bytes) = self.rt.block_on(async {
-            tokio::time::timeout(TIMEOUT, self.send(method, path, body))
+            tokio::time::timeout(timeout, self.send(method, path, body, fd))
                 .await
-                .map_err(|_| anyhow!("the daemon did not answer within {TIMEOUT:?}"))?
+                .map_err(|_| anyhow!("the daemon did not answer within {timeout:?}"))?
         })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
@@ -96,10 +118,17 @@ impl Client {
         serde_json::from_slice(&bytes).context("parsing the daemon's answer")
     }
 
-    async fn send(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes)> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        fd: Option<OwnedFd>,
+    ) -> Result<(StatusCode, Bytes)> {
         let stream = UnixStream::connect(&self.socket).await.with_context(|| {
             format!("cannot reach the tollgate daemon at {} (is `tollgate daemon` running? set --socket or TOLLGATE_SOCKET)", self.socket.display())
         })?;
+        let stream = FdStream::client(stream, fd);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("talking to the daemon")?;

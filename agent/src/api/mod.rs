@@ -2,6 +2,7 @@
 //! uses (`client`). The server side is `crate::server`.
 
 pub mod client;
+pub mod fdpass;
 pub mod types;
 
 pub use client::Client;

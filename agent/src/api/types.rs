@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::CniKey;
 use crate::model::{Action, AddSpec, DelSpec, Proto, RuleSpec, Stance};
 
 /// The API version prefix of every route.
@@ -32,6 +33,12 @@ pub mod paths {
     pub const CONNTRACK: &str = "/v1/conntrack";
     pub const CONTAINER_CONNTRACK: &str = "/v1/containers/{name}/conntrack";
     pub const SHUTDOWN: &str = "/v1/shutdown";
+    /// CNI attachments: `POST` (ADD, with the netns fd), `GET` (list), `DELETE` (DEL).
+    pub const CNI_ATTACHMENTS: &str = "/v1/cni/attachments";
+    /// `POST`: CHECK one attachment (with the netns fd when the runtime still has it).
+    pub const CNI_CHECK: &str = "/v1/cni/check";
+    /// `POST`: GC a network's attachments down to the valid ones.
+    pub const CNI_GC: &str = "/v1/cni/gc";
     pub const METRICS: &str = "/metrics";
 }
 
@@ -307,6 +314,118 @@ pub struct Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShuttingDown {
     pub stopping: bool,
+}
+
+/// `POST /v1/cni/attachments`: a CNI ADD. The request carries an open fd of the container's
+/// network namespace (`SCM_RIGHTS` on the connection): the runtime's mount namespace may hide
+/// its `CNI_NETNS` path from the daemon. Everything is applied as one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAdd {
+    /// `network` of the key is the CNI network (the conflist's `name`).
+    #[serde(flatten)]
+    pub key: CniKey,
+    /// The Tollgate network the plugin config names (`network`).
+    pub tollgate_network: String,
+    /// `CNI_NETNS` as the runtime gave it (shown; the fd is what is used).
+    pub netns: String,
+    /// `IP=` from `CNI_ARGS`.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// `runtimeConfig.portMappings`, one entry per port.
+    #[serde(default)]
+    pub ports: Vec<CniPort>,
+    /// `runtimeConfig.bandwidth`, converted.
+    #[serde(default)]
+    pub limits: Option<LimitSet>,
+    /// The runtime process (the plugin's parent), allowed to bind the published ports.
+    #[serde(default)]
+    pub runtime_pid: Option<u32>,
+}
+
+/// One `runtimeConfig.portMappings` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniPort {
+    #[serde(default)]
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+/// A CNI attachment: what ADD created and CHECK and the list show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachmentInfo {
+    #[serde(flatten)]
+    pub key: CniKey,
+    pub tollgate_network: String,
+    pub netns: String,
+    /// The Tollgate container behind it (its name is derived from the key).
+    pub container: ContainerInfo,
+    /// MAC of the interface inside the container.
+    pub mac: String,
+    /// MAC of the host-side veth.
+    pub host_mac: String,
+    pub mtu: u32,
+    pub ports: Vec<PortMapInfo>,
+}
+
+/// `GET /v1/cni/attachments?network=NET` (a CNI network name).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniQuery {
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+/// `DELETE /v1/cni/attachments`: a CNI DEL; an unknown key is not an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniDel {
+    #[serde(flatten)]
+    pub key: CniKey,
+}
+
+/// The answer to a CNI DEL: the container removed, if there was one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniDeleted {
+    pub deleted: Option<String>,
+}
+
+/// `POST /v1/cni/check`: the daemon compares its view, the host veth and (with the netns fd)
+/// the interface, address and route inside with what the runtime expects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniCheck {
+    #[serde(flatten)]
+    pub key: CniKey,
+    /// The address of the runtime's `prevResult` (CIDR), if it had one.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// `POST /v1/cni/gc`: remove every attachment of the CNI network `network` not in `valid`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniGc {
+    pub network: String,
+    /// (container id, ifname) pairs still in use.
+    pub valid: Vec<CniValid>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniValid {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniGcDone {
+    pub removed: Vec<String>,
+    /// Attachments that could not be removed, with why.
+    pub failed: Vec<String>,
+}
+
+/// The directory where the CNI plugin queues the DELs it could not hand to a daemon that was
+/// down; the daemon replays them at start, before it serves. Derived from the socket path so
+/// that the plugin and the daemon agree without configuration.
+pub fn cni_queue_dir(socket: &std::path::Path) -> PathBuf {
+    socket.with_extension("cni-del")
 }
 
 #[cfg(test)]

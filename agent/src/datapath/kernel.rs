@@ -21,13 +21,10 @@ use super::{
     PROG_FROM_CONTAINER, PROG_FROM_UPLINK, PROG_TO_CONTAINER,
 };
 use crate::{
-    model::{Container, Proto, SLOT_PREFIX},
+    model::{state::container_mac, Container, Proto, SLOT_PREFIX},
     netlink::{self, addr, link, route},
     netns,
 };
-
-/// The interface name inside every container.
-pub const CONTAINER_IFNAME: &str = "eth0";
 
 pub struct KernelDatapath {
     pub loaded: Loaded,
@@ -55,18 +52,20 @@ impl KernelDatapath {
     }
 }
 
-/// Configures the container side: `lo` up, `eth0` with the /30 address, up, default route.
-fn configure_inside(netns_path: &Path, ip: Ipv4Addr, gw: Ipv4Addr) -> Result<()> {
+/// Configures the container side: `lo` up, its interface with the /30 address, up, default
+/// route.
+fn configure_inside(netns_path: &Path, ifname: String, ip: Ipv4Addr, gw: Ipv4Addr) -> Result<()> {
+    let what = format!("configuring {ifname} in {}", netns_path.display());
     netlink::with_handle_in(netns_path, move |h| async move {
         if let Some(lo) = link::index_of(&h, "lo").await? {
             link::set_up(&h, lo).await?;
         }
-        let eth = link::require_index(&h, CONTAINER_IFNAME).await?;
+        let eth = link::require_index(&h, &ifname).await?;
         addr::add(&h, eth, ip, SLOT_PREFIX).await?;
         link::set_up(&h, eth).await?;
         route::add_default_v4(&h, gw).await
     })
-    .with_context(|| format!("configuring {CONTAINER_IFNAME} in {}", netns_path.display()))
+    .context(what)
 }
 
 impl Datapath for KernelDatapath {
@@ -139,17 +138,41 @@ impl Datapath for KernelDatapath {
             .with_context(|| format!("opening network namespace {}", c.netns.display()))?;
         // A leftover host veth of ours (daemon killed mid-operation) would block the name.
         link::delete(&self.nl, &c.host_ifname).await?;
-        link::add_veth(&self.nl, &c.host_ifname, CONTAINER_IFNAME, &ns).await?;
+        link::add_veth(
+            &self.nl,
+            &c.host_ifname,
+            &c.ifname,
+            [Some(container_mac(c.gateway)), Some(container_mac(c.ip))],
+            &ns,
+        )
+        .await?;
         let idx = link::require_index(&self.nl, &c.host_ifname).await?;
         addr::add(&self.nl, idx, c.gateway, SLOT_PREFIX).await?;
         link::set_up(&self.nl, idx).await?;
-        let (p, ip, gw) = (c.netns.clone(), c.ip, c.gateway);
-        tokio::task::spawn_blocking(move || configure_inside(&p, ip, gw)).await??;
+        let (p, ifname, ip, gw) = (c.netns.clone(), c.ifname.clone(), c.ip, c.gateway);
+        tokio::task::spawn_blocking(move || configure_inside(&p, ifname, ip, gw)).await??;
         Ok(idx)
     }
 
     async fn add_gateway(&mut self, c: &Container) -> Result<()> {
         addr::add(&self.nl, c.host_ifindex, c.gateway, SLOT_PREFIX).await
+    }
+
+    async fn check_inside(&mut self, netns: &Path, c: &Container) -> Result<()> {
+        let (p, ifname, ip) = (netns.to_path_buf(), c.ifname.clone(), c.ip);
+        tokio::task::spawn_blocking(move || {
+            netlink::with_handle_in(&p, move |h| async move {
+                let Some(idx) = link::index_of(&h, &ifname).await? else {
+                    anyhow::bail!("no interface {ifname} in the container's namespace");
+                };
+                let ips = addr::list_v4(&h, Some(idx)).await?;
+                if !ips.contains(&ip) {
+                    anyhow::bail!("{ifname} in the container's namespace lacks its address {ip}");
+                }
+                Ok(())
+            })
+        })
+        .await?
     }
 
     fn attach_container(&mut self, c: &Container) -> Result<()> {
@@ -218,6 +241,10 @@ impl Datapath for KernelDatapath {
 
     fn remove_guard(&mut self, port: u16, proto: u8) -> Result<()> {
         self.loaded.maps.portmap.remove_guard(port, proto)
+    }
+
+    fn set_guard_owner(&mut self, port: u16, proto: u8, tgid: u32) -> Result<()> {
+        self.loaded.maps.portmap.set_guard_owner(port, proto, tgid)
     }
 
     fn port_held(&self, ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {

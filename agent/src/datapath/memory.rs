@@ -34,6 +34,8 @@ pub struct Tables {
     pub by_ifindex: BTreeMap<u32, EndpointInfo>,
     pub portmaps: BTreeMap<Published, Target>,
     pub guards: BTreeSet<(u16, u8)>,
+    /// Guarded ports a runtime may bind, with its tgid.
+    pub guard_owners: BTreeMap<(u16, u8), u32>,
     pub chains: BTreeMap<(u32, Ipv4Net), PolicyChain>,
     pub links: BTreeSet<(u32, u32)>,
     pub limits: BTreeMap<u32, RateLimit>,
@@ -120,6 +122,13 @@ impl Datapath for MemoryDatapath {
         self.write("add_gateway")
     }
 
+    async fn check_inside(&mut self, _netns: &Path, c: &Container) -> Result<()> {
+        if !self.t.veths.contains_key(&c.host_ifname) {
+            bail!("no interface {} in the container's namespace", c.ifname);
+        }
+        Ok(())
+    }
+
     fn attach_container(&mut self, c: &Container) -> Result<()> {
         self.write("attach_container")?;
         self.t.hooked.insert(c.host_ifname.clone());
@@ -198,6 +207,13 @@ impl Datapath for MemoryDatapath {
     fn remove_guard(&mut self, port: u16, proto: u8) -> Result<()> {
         self.write("remove_guard")?;
         self.t.guards.remove(&(port, proto));
+        self.t.guard_owners.remove(&(port, proto));
+        Ok(())
+    }
+
+    fn set_guard_owner(&mut self, port: u16, proto: u8, tgid: u32) -> Result<()> {
+        self.write("set_guard_owner")?;
+        self.t.guard_owners.insert((port, proto), tgid);
         Ok(())
     }
 

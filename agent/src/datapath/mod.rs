@@ -47,6 +47,13 @@ pub trait Datapath: Send + 'static {
     fn plumb(&mut self, c: &Container) -> impl Future<Output = Result<u32>> + Send;
     /// The gateway address on an existing host veth (after a restart).
     fn add_gateway(&mut self, c: &Container) -> impl Future<Output = Result<()>> + Send;
+    /// Checks, inside the namespace at `netns`, that the container's interface is there, up,
+    /// with its address (CNI CHECK).
+    fn check_inside(
+        &mut self,
+        netns: &Path,
+        c: &Container,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn attach_container(&mut self, c: &Container) -> Result<()>;
     fn detach_container(&mut self, c: &Container) -> Result<()>;
     /// Removes the veth and the namespace when tollgate created it.
@@ -66,6 +73,8 @@ pub trait Datapath: Send + 'static {
     fn portmaps(&self) -> Result<Vec<Published>>;
     fn guards(&self) -> Result<Vec<(u16, u8)>>;
     fn remove_guard(&mut self, port: u16, proto: u8) -> Result<()>;
+    /// Lets process `tgid` (the CNI runtime that published it) bind the guarded port.
+    fn set_guard_owner(&mut self, port: u16, proto: u8, tgid: u32) -> Result<()>;
     /// Whether a node process holds `ip:port` (every address when None).
     fn port_held(&self, ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool;
 

@@ -2,6 +2,7 @@
 //! (`FromStr`) and check themselves. Pure: no I/O, no daemon; the API types, the CLI and the
 //! node operations all build on it.
 
+pub mod cni;
 pub mod policy;
 pub mod pool;
 pub mod ports;
@@ -12,4 +13,4 @@ pub use policy::{Action, Match, Policy, Rule, RuleProto, RuleSpec, Stance};
 pub use pool::{Pool, Slot, SLOT_PREFIX};
 pub use ports::{AddSpec, DelSpec, PortMapping, Proto};
 pub use rate::{Limit, Rate, Size};
-pub use state::{Container, PortChange, State};
+pub use state::{CniAttachment, CniKey, Container, PortChange, State, DEFAULT_IFNAME};

@@ -29,6 +29,59 @@ pub struct Container {
     /// veth was recreated and its pinned TC link is stale.
     #[serde(default)]
     pub host_ifindex: u32,
+    /// The interface inside the container: `eth0`, or the `CNI_IFNAME` a CNI runtime asked for.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    /// Set when a CNI runtime attached the container: it owns the namespace, and the
+    /// container is known to it by this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// The inner interface of containers made by `container add`.
+pub const DEFAULT_IFNAME: &str = "eth0";
+
+fn default_ifname() -> String {
+    DEFAULT_IFNAME.to_string()
+}
+
+/// How a CNI runtime knows a container: (network, container id, interface), as the CNI spec
+/// keys attachments.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CniKey {
+    /// The CNI network: the `name` of the runtime's network config.
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniAttachment {
+    #[serde(flatten)]
+    pub key: CniKey,
+    /// The Tollgate network (the plugin config's `network`).
+    pub tollgate_network: String,
+    /// `CNI_NETNS` as the runtime gave it (a path in the runtime's mount namespace, which
+    /// the daemon may not see; shown, never opened).
+    pub netns: String,
+    /// The runtime process that published the container's ports (the plugin's parent): the
+    /// one process besides the containers that may bind them, for its own port reservation.
+    #[serde(default)]
+    pub runtime_pid: u32,
+}
+
+/// The MAC of a container's interface, from its address as Kubernetes' `0a:58` convention
+/// does: stable across restarts and re-plumbing, and known before the interface exists.
+pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

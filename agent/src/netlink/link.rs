@@ -29,31 +29,41 @@ pub async fn require_index(handle: &Handle, name: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("no interface named {name} in the node namespace"))
 }
 
-/// Creates a veth pair: `host_name` here, `peer_name` inside the namespace `peer_netns`.
-/// Creating the peer directly in its namespace avoids a name clash with this namespace's
-/// own interfaces (the node may well have an `eth0` of its own).
+/// Creates a veth pair: `host_name` here, `peer_name` (with `peer_mac`, if given) inside the namespace
+/// `peer_netns`. Creating the peer directly in its namespace avoids a name clash with this
+/// namespace's own interfaces (the node may well have an `eth0` of its own).
 pub async fn add_veth(
     handle: &Handle,
     host_name: &str,
     peer_name: &str,
+    macs: [Option<[u8; 6]>; 2],
     peer_netns: &std::fs::File,
 ) -> Result<()> {
     let mut peer = LinkMessage::default();
     peer.attributes
         .push(LinkAttribute::IfName(peer_name.to_string()));
+    if let Some(mac) = macs[1] {
+        peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
     peer.attributes
         .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
     let mut req = handle.link().add();
     let msg = req.message_mut();
     msg.attributes
         .push(LinkAttribute::IfName(host_name.to_string()));
+    if let Some(mac) = macs[0] {
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    req.execute()
-        .await
-        .with_context(|| format!("creating veth pair {host_name}/{peer_name}"))
+    req.execute().await.map_err(|e| match e {
+        rtnetlink::Error::NetlinkError(ref n) if n.raw_code() == -libc::EEXIST => anyhow!(
+            "creating veth pair {host_name}/{peer_name}: an interface named {peer_name} already exists in the container's namespace"
+        ),
+        e => anyhow!(e).context(format!("creating veth pair {host_name}/{peer_name}")),
+    })
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {
@@ -76,4 +86,19 @@ pub async fn delete(handle: &Handle, name: &str) -> Result<()> {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting link {name}")),
     }
+}
+
+/// The MAC address of link `index`.
+pub async fn mac_of(handle: &Handle, index: u32) -> Result<Option<[u8; 6]>> {
+    let mut links = handle.link().get().match_index(index).execute();
+    let msg = links
+        .try_next()
+        .await
+        .with_context(|| format!("looking up link {index}"))?;
+    Ok(msg.and_then(|m| {
+        m.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(v) => v.try_into().ok(),
+            _ => None,
+        })
+    }))
 }

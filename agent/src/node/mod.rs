@@ -2,6 +2,7 @@
 //! and the operations the API exposes. Every change goes through `tx::transact` (validate
 //! here, then apply, commit, undo on failure), so a refused or failed command changes nothing.
 
+pub mod cni;
 pub mod error;
 pub mod tx;
 pub mod views;
@@ -196,9 +197,21 @@ impl<D: Datapath, S: Store> Node<D, S> {
     /// endpoint and hooks, and removes endpoints no container has.
     async fn restore_containers(&mut self) -> Result<()> {
         let mut changed = false;
+        let mut orphans = Vec::new();
         let names: Vec<String> = self.state.containers.keys().cloned().collect();
         for name in names {
             let mut c = self.state.containers[&name].clone();
+            if c.cni.is_some() {
+                // The runtime owns the namespace, and its path may not be visible here: the
+                // host veth tells whether it still exists (the pair dies with it).
+                if self.dp.link_index(&c.host_ifname).await? == Some(c.host_ifindex) {
+                    self.dp.add_gateway(&c).await?;
+                    tx::activate(&mut self.dp, &self.state, &c)?;
+                } else {
+                    orphans.push(name);
+                }
+                continue;
+            }
             if !self.dp.netns_exists(&c.netns) {
                 if c.netns_created {
                     warn!(container = %name, "namespace {} vanished; recreating it", c.netns.display());
@@ -246,7 +259,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 .context("saving state")
                 .kind(Kind::Unavailable)?;
         }
-        Ok(())
+        self.drop_orphaned_cni(orphans).await
     }
 
     // Containers.
@@ -264,14 +277,10 @@ impl<D: Datapath, S: Store> Node<D, S> {
         }
     }
 
-    pub async fn container_add(&mut self, req: api::ContainerCreate) -> Result<api::ContainerInfo> {
-        let name = req.name.as_str();
-        model::state::validate_name(name).kind(Kind::BadInput)?;
-        if self.state.containers.contains_key(name) {
-            fail!(Conflict, "container {name:?} already exists");
-        }
+    /// The /30 for a new container: the one of `ip` if asked for, else the first free one.
+    fn plan_slot(&self, ip: Option<Ipv4Addr>) -> Result<model::Slot> {
         let used: HashSet<Ipv4Addr> = self.state.containers.values().map(|c| c.ip).collect();
-        let slot = match req.ip {
+        Ok(match ip {
             Some(ip) => {
                 let s = self.settings.pool.slot_for(ip).kind(Kind::BadInput)?;
                 if used.contains(&ip) {
@@ -283,7 +292,16 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 s
             }
             None => self.settings.pool.allocate(&used).kind(Kind::Conflict)?,
-        };
+        })
+    }
+
+    pub async fn container_add(&mut self, req: api::ContainerCreate) -> Result<api::ContainerInfo> {
+        let name = req.name.as_str();
+        model::state::validate_name(name).kind(Kind::BadInput)?;
+        if self.state.containers.contains_key(name) {
+            fail!(Conflict, "container {name:?} already exists");
+        }
+        let slot = self.plan_slot(req.ip)?;
         let netns = if let Some(p) = &req.netns {
             if !self.dp.netns_exists(p) {
                 fail!(BadInput, "network namespace {} does not exist", p.display());
@@ -310,6 +328,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
             prefix_len: SLOT_PREFIX,
             host_ifname: format!("tgv{id}"),
             host_ifindex: 0,
+            ifname: model::DEFAULT_IFNAME.to_string(),
+            cni: None,
         };
         let mut next = self.state.clone();
         next.containers.insert(name.to_string(), c.clone());

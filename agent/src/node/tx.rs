@@ -77,6 +77,7 @@ impl Step {
                 let c = container_in(st, container)?;
                 for m in maps.iter() {
                     dp.set_portmap(published(m), target(&c, m))?;
+                    set_guard_owner(dp, &c, m)?;
                 }
             }
             Step::UnmapPorts { maps, .. } => unpublish(dp, st, maps)?,
@@ -291,6 +292,14 @@ pub fn sync_guards<D: Datapath>(dp: &mut D, st: &State) -> Result<()> {
     Ok(())
 }
 
+/// Lets the CNI runtime that published `m` through `c` bind its port (its reservation).
+fn set_guard_owner<D: Datapath>(dp: &mut D, c: &Container, m: &PortMapping) -> Result<()> {
+    if let Some(pid) = c.cni.as_ref().map(|a| a.runtime_pid).filter(|p| *p > 1) {
+        dp.set_guard_owner(m.host_port, m.proto.number(), pid)?;
+    }
+    Ok(())
+}
+
 /// Writes every mapping of `st` and removes entries it does not have (after a crash between
 /// a map write and the commit).
 pub fn sync_portmaps<D: Datapath>(dp: &mut D, st: &State) -> Result<()> {
@@ -303,6 +312,7 @@ pub fn sync_portmaps<D: Datapath>(dp: &mut D, st: &State) -> Result<()> {
         if dp.portmap(p)? != Some(target(c, m)) {
             dp.set_portmap(p, target(c, m))?;
         }
+        set_guard_owner(dp, c, m)?;
         want.insert(p);
     }
     for k in dp.portmaps()? {

@@ -14,7 +14,13 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+use axum::{extract::connect_info::Connected, serve::IncomingStream};
+
 use crate::{
+    api::{
+        fdpass::{FdStream, Received},
+        types::cni_queue_dir,
+    },
     datapath::{kernel::KernelDatapath, Datapath, PROG_FROM_UPLINK},
     netlink::{addr, link},
     node::{Node, Settings, Uplink},
@@ -35,6 +41,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     let socket = settings.socket.clone();
     let mut node = Node::new(settings, Uplink { ifindex, ips }, dp, store).map_err(|e| e.err)?;
     node.start().await.map_err(|e| e.err)?;
+    // DELs the CNI plugin queued while no daemon answered: done before serving, so a runtime
+    // that re-ADDs the same container never meets the leftover.
+    let replayed = node.cni_replay(&cni_queue_dir(&socket)).await;
+    if replayed > 0 {
+        info!(replayed, "queued CNI DELs carried out");
+    }
     forward_ebpf_logs(node.datapath());
 
     if let Some(dir) = socket.parent() {
@@ -66,12 +78,50 @@ pub async fn run(settings: Settings) -> Result<()> {
             _ = stop_rx.recv() => info!("shutdown requested"),
         }
     };
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(stopped)
-        .await
-        .context("serving the API")?;
+    axum::serve(
+        FdListener(listener),
+        router(app).into_make_service_with_connect_info::<Received>(),
+    )
+    .with_graceful_shutdown(stopped)
+    .await
+    .context("serving the API")?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The API socket's listener: every connection collects the fds its requests carry
+/// (`fdpass`), reachable from handlers as `ConnectInfo<Received>`.
+struct FdListener(UnixListener);
+
+impl axum::serve::Listener for FdListener {
+    type Io = FdStream;
+    type Addr = Received;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, _)) => {
+                    let received = Received::default();
+                    return (FdStream::server(stream, received.clone()), received);
+                }
+                // Out of fds and the like: back off instead of spinning.
+                Err(e) => {
+                    warn!("accepting an API connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Received::default())
+    }
+}
+
+impl Connected<IncomingStream<'_, FdListener>> for Received {
+    fn connect_info(stream: IncomingStream<'_, FdListener>) -> Self {
+        stream.remote_addr().clone()
+    }
 }
 
 /// Forwards the programs' aya-log records to `tracing` (debug level is set by the programs;

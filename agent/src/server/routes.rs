@@ -1,22 +1,25 @@
 //! The `/v1` routes (axum): each handler takes the node lock, runs one node operation and
 //! answers its typed result as JSON, or `{"message": ...}` with the error's status.
 
-use std::sync::Arc;
+use std::{os::fd::OwnedFd, sync::Arc};
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
-    Json, Router,
+    Extension, Json, Router,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, Mutex};
 use tracing::debug;
 
 use crate::{
-    api::types::{self as api, paths},
+    api::{
+        fdpass::Received,
+        types::{self as api, paths},
+    },
     datapath::Datapath,
     node::{
         error::{Error, Kind},
@@ -121,6 +124,14 @@ pub fn router<D: Datapath, S: Store>(app: App<D, S>) -> Router {
                 .put(limit_set::<D, S>)
                 .delete(limit_clear::<D, S>),
         )
+        .route(
+            paths::CNI_ATTACHMENTS,
+            get(cni_list::<D, S>)
+                .post(cni_add::<D, S>)
+                .delete(cni_del::<D, S>),
+        )
+        .route(paths::CNI_CHECK, post(cni_check::<D, S>))
+        .route(paths::CNI_GC, post(cni_gc::<D, S>))
         .route(paths::SHUTDOWN, post(shutdown::<D, S>))
         .route(paths::METRICS, get(super::metrics::scrape::<D, S>))
         .fallback(|| async {
@@ -149,6 +160,63 @@ async fn container_add<D: Datapath, S: Store>(
     let req: api::ContainerCreate = body(&b)?;
     let c = app.node.lock().await.container_add(req).await?;
     Ok((StatusCode::CREATED, Json(c)))
+}
+
+/// The fds that came with the request's connection (`fdpass`); none when the router is not
+/// served over `FdListener` (unit tests).
+type Fds = Option<Extension<ConnectInfo<Received>>>;
+
+fn take_fd(fds: Option<&Extension<ConnectInfo<Received>>>) -> Option<OwnedFd> {
+    fds.and_then(|Extension(ConnectInfo(r))| r.take())
+}
+
+async fn cni_add<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    fds: Fds,
+    b: Bytes,
+) -> Created<api::CniAttachmentInfo> {
+    let req: api::CniAdd = body(&b)?;
+    let Some(netns) = take_fd(fds.as_ref()) else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a CNI ADD must carry an open fd of the container's network namespace (SCM_RIGHTS); use tollgate-cni".into(),
+        ));
+    };
+    let a = app.node.lock().await.cni_add(req, netns).await?;
+    Ok((StatusCode::CREATED, Json(a)))
+}
+
+async fn cni_del<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    b: Bytes,
+) -> Answer<api::CniDeleted> {
+    let req: api::CniDel = body(&b)?;
+    Ok(Json(app.node.lock().await.cni_del(&req.key).await?))
+}
+
+async fn cni_list<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    Query(q): Query<api::CniQuery>,
+) -> Answer<Vec<api::CniAttachmentInfo>> {
+    Ok(Json(app.node.lock().await.cni_list(q.network.as_deref())))
+}
+
+async fn cni_check<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    fds: Fds,
+    b: Bytes,
+) -> Answer<api::CniAttachmentInfo> {
+    let req: api::CniCheck = body(&b)?;
+    let netns = take_fd(fds.as_ref());
+    Ok(Json(app.node.lock().await.cni_check(&req, netns).await?))
+}
+
+async fn cni_gc<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    b: Bytes,
+) -> Answer<api::CniGcDone> {
+    let req: api::CniGc = body(&b)?;
+    Ok(Json(app.node.lock().await.cni_gc(&req).await?))
 }
 
 async fn container_get<D: Datapath, S: Store>(

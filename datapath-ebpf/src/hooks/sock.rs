@@ -11,7 +11,7 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
@@ -19,7 +19,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use datapath_common::{
     config::CFG_READY,
-    portmap::PortKey,
+    portmap::{guard_owner, PortKey},
     proto,
     sock::{SockRevKey, SockRevValue},
     stats::{CNT_BIND_REFUSED, CNT_SOCK_DNAT},
@@ -144,7 +144,9 @@ fn restore(ctx: &SockAddrContext) {
 }
 
 /// Whether this bind would take a published (port, proto) on an address where it is
-/// published: the wildcard address or any local one (design.md "Port-map paths" 5).
+/// published: the wildcard address or any local one (design.md "Port-map paths" 5). The
+/// CNI runtime that published the port is let through: its own placeholder listener is how
+/// podman keeps other processes off the port.
 #[inline(always)]
 fn binds_published_port(ctx: &SockAddrContext) -> bool {
     let Some(proto) = l4_proto(ctx) else {
@@ -156,8 +158,17 @@ fn binds_published_port(ctx: &SockAddrContext) -> bool {
         proto,
         _pad: 0,
     };
-    if TG_PORT_GUARD.get_ptr(key).is_none() {
+    let Some(owner) = TG_PORT_GUARD.get_ptr(key) else {
         return false;
+    };
+    // SAFETY: pointer from a lookup in this run.
+    if let Some(owner) = guard_owner(unsafe { *owner }) {
+        // The upper half of pid_tgid is the process id (tgid) in the initial pid namespace.
+        #[expect(clippy::cast_possible_truncation, reason = "the upper 32 bits")]
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if tgid == owner {
+            return false;
+        }
     }
     let ip = user_ip4(ctx);
     ip == 0 || lookup::is_local(ip)

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use aya::maps::{HashMap, Map, MapData, MapError};
-use datapath_common::portmap::{PortKey, PortValue};
+use datapath_common::portmap::{PortKey, PortValue, GUARD_NOBODY};
 
 use super::{ctx, ip_from_net, ip_to_net, port_from_net, port_to_net};
 use crate::datapath::types::{Published, Target};
@@ -50,8 +50,25 @@ impl PortMapTable {
             format!("writing port map {}/{}", p.port, p.proto)
         })?;
         let g = key(Published { host_ip: None, ..p });
-        ctx(self.guard.insert(g, 1, 0), || {
+        // A guard already there may name its runtime (set_guard_owner): keep it.
+        if self.guard.get(&g, 0).is_ok() {
+            return Ok(());
+        }
+        ctx(self.guard.insert(g, GUARD_NOBODY, 0), || {
             format!("writing port guard {}", p.port)
+        })
+    }
+
+    /// Lets `tgid` (a CNI runtime) bind (port, proto) despite the guard; `GUARD_NOBODY`
+    /// takes that back.
+    pub fn set_guard_owner(&mut self, port: u16, proto: u8, tgid: u32) -> Result<()> {
+        let g = key(Published {
+            host_ip: None,
+            port,
+            proto,
+        });
+        ctx(self.guard.insert(g, tgid, 0), || {
+            format!("writing port guard {port}")
         })
     }
 
