@@ -363,3 +363,20 @@ fn del_while_the_daemon_is_down_is_carried_out_when_it_returns() {
     assert!(!link_exists(&kept.name, "eth0"));
     assert!(sb.daemon_log().contains("replayed a CNI DEL"));
 }
+
+#[test]
+fn del_after_the_namespace_vanished_cleans_up() {
+    let sb = sandbox!("cni-gone");
+    let ns = RuntimeNetns::new(&sb, "k1");
+    let conf = with_ports(
+        net_conf(&sb, "1.0.0", "tg"),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let path = ns.path.clone();
+    assert_eq!(cni(&Call::new("ADD", "gone", &path), &conf).code, 0);
+    // The runtime removed the namespace first (the veth pair dies with it).
+    drop(ns);
+    let d = cni(&Call::new("DEL", "gone", &path), &conf);
+    assert_eq!(d.code, 0, "{d:?}\n{}", sb.daemon_log());
+    assert_nothing_left(&sb);
+}
