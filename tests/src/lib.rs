@@ -4,6 +4,7 @@
 //! threads that entered a namespace. Everything is removed in `Drop`, also on panic.
 
 pub mod net;
+pub mod runtime;
 pub mod sandbox;
 
 pub use net::*;

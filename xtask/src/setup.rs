@@ -34,6 +34,18 @@ const PACKAGES: &[&str] = &[
     "procps",
     // tests/tests/api.rs drives the API with `curl --unix-socket`.
     "curl",
+    // tests/src/runtime.rs runs real podman (CNI backend) and containerd (`ctr run --cni`)
+    // offline: the runtimes, crun (podman) and runc (containerd's default), conmon, catatonit
+    // (`--init`, and the runtime namespace's PID 1), a static busybox for the image, and the
+    // standard CNI plugins in /usr/lib/cni.
+    "podman",
+    "crun",
+    "conmon",
+    "catatonit",
+    "busybox-static",
+    "containernetworking-plugins",
+    "containerd",
+    "runc",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
