@@ -19,7 +19,17 @@
 //! parent whose upper layer lives in the test's directory. The holder is PID 1 of a PID namespace
 //! of its own; killing it (drop) kills every process the runtimes started, containers included,
 //! and the mount namespace with its overlay and nsfs mounts dies with them. If the test process
-//! itself is killed, the holder follows (parent-death signal, `unshare --kill-child`).
+//! itself is killed, the holder follows (parent-death signal, `unshare --kill-child`); only
+//! the runc cgroups of `ctr` containers still running then stay behind.
+//!
+//! What a CNI plugin under test sees there: the node netns; `/tmp` (and so the sandbox's dir,
+//! the daemon's socket) as on the host; a fresh `/run` (the host's `/run/tollgate`, `/run/netns`
+//! are hidden: `/run/netns` holds the node netns, podman's `netns-*` and what
+//! [`RuntimeNs::expose_netns`] adds); bpffs at `/sys/fs/bpf` as on the host. The `CNI_NETNS`
+//! paths it gets (`/run/netns/netns-*` from podman, `/proc/PID/ns/net` with a PID of the
+//! runtime's PID namespace from ctr) only resolve inside: a daemon in the root mount namespace
+//! cannot open them, hand it an open fd. `ctr run --cni` uses the lexically first conflist of
+//! the CNI config dir.
 
 use std::{
     collections::BTreeMap,

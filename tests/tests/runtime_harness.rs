@@ -102,18 +102,45 @@ fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn podman_and_ctr_on_a_bridge_network() {
-    let sb = sandbox!("rth");
-    let t0 = Instant::now();
-    let (rt, log) = recorded_network(&sb, &Value::Null);
-    let (holder, rt_dir) = (rt.holder_pid(), rt.dir().to_path_buf());
+/// What the runtime namespace shows: the node and client netns under /run/netns, the node
+/// netns' sysfs, the host's bpffs (the daemon's pins), cgroup v1 without the hybrid cgroup2.
+fn check_inside(sb: &Sandbox, rt: &RuntimeNs) {
     rt.expose_netns(&sb.client).unwrap();
     let ls = rt.run("ls", &["/run/netns"]);
     assert!(
         ls.stdout.contains(&sb.node) && ls.stdout.contains(&sb.client),
         "{ls:?}"
     );
+    let bpffs = sb.bpffs.display().to_string();
+    let r = rt.sh(&format!(
+        "ls /sys/class/net/up0 >/dev/null && ls -d {bpffs} && ls /sys/fs/cgroup"
+    ));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("memory") && !r.stdout.contains("unified"),
+        "{r:?}"
+    );
+}
+
+/// Drops `rt` and checks that nothing is left: holder, work dir, mounts, runc cgroups of `cid`.
+fn assert_clean_drop(sb: &Sandbox, rt: RuntimeNs, cid: &str) {
+    let (holder, rt_dir) = (rt.holder_pid(), rt.dir().to_path_buf());
+    drop(rt);
+    assert!(!Path::new(&format!("/proc/{holder}")).exists());
+    assert!(!rt_dir.exists(), "{} left behind", rt_dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dir = sb.dir.display().to_string();
+    assert!(!mounts.contains(&dir), "mounts left: {mounts}");
+    let cg = sh("find", &["/sys/fs/cgroup", "-maxdepth", "4", "-name", cid]).unwrap();
+    assert_eq!(cg.trim(), "", "runc cgroups left");
+}
+
+#[test]
+fn podman_and_ctr_on_a_bridge_network() {
+    let sb = sandbox!("rth");
+    let t0 = Instant::now();
+    let (rt, log) = recorded_network(&sb, &Value::Null);
+    check_inside(&sb, &rt);
     let podman = Podman::new(&rt).unwrap();
     let image = podman.import_busybox().unwrap();
     let t_setup = t0.elapsed();
@@ -196,14 +223,7 @@ fn podman_and_ctr_on_a_bridge_network() {
     drop(ctrd);
     drop(podman);
     let rt = Arc::try_unwrap(rt).unwrap_or_else(|_| panic!("runtime still shared"));
-    drop(rt);
-    assert!(!Path::new(&format!("/proc/{holder}")).exists());
-    assert!(!rt_dir.exists(), "{} left behind", rt_dir.display());
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let dir = sb.dir.display().to_string();
-    assert!(!mounts.contains(&dir), "mounts left: {mounts}");
-    let cg = sh("find", &["/sys/fs/cgroup", "-maxdepth", "4", "-name", &cid]).unwrap();
-    assert_eq!(cg.trim(), "", "runc cgroups left");
+    assert_clean_drop(&sb, rt, &cid);
     println!(
         "timings: setup (holder, podman config, import) {t_setup:?}, podman run -d {t_run:?}, \
          first HTTP answer {t_http:?}, podman rm -f {t_rm:?}, ctr run --rm {t_ctr:?}, \
