@@ -34,8 +34,10 @@ const PACKAGES: &[&str] = &[
     "procps",
     // tests/tests/api.rs drives the API with `curl --unix-socket`.
     "curl",
-    // The CNI plugin's tests run real runtimes offline (shared/reference/cni.md), and the
-    // standard bridge + portmap plugins for comparison.
+    // tests/src/runtime.rs runs real podman (CNI backend) and containerd (`ctr run --cni`)
+    // offline: the runtimes, crun (podman) and runc (containerd's default), conmon, catatonit
+    // (`--init`, and the runtime namespace's PID 1), a static busybox for the image, and the
+    // standard CNI plugins in /usr/lib/cni.
     "podman",
     "crun",
     "conmon",
@@ -43,6 +45,7 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "containernetworking-plugins",
     "containerd",
+    "runc",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
