@@ -23,15 +23,26 @@ use tokio::{
 /// At most this many fds are kept per connection (a request needs one).
 const MAX_FDS: usize = 4;
 
-/// The fds a connection has received so far.
+/// What the server knows of a connection: the fds it has received so far, and the pid of
+/// the process that connected (`SO_PEERCRED`, in the daemon's pid namespace).
 #[derive(Clone, Debug, Default)]
-pub struct Received(Arc<Mutex<Vec<OwnedFd>>>);
+pub struct Received {
+    fds: Arc<Mutex<Vec<OwnedFd>>>,
+    pub peer_pid: Option<u32>,
+}
 
 impl Received {
+    pub fn for_peer(peer_pid: Option<u32>) -> Self {
+        Self {
+            fds: Arc::default(),
+            peer_pid,
+        }
+    }
+
     /// The first fd received and not yet taken.
     pub fn take(&self) -> Option<OwnedFd> {
         let mut v = self
-            .0
+            .fds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (!v.is_empty()).then(|| v.remove(0))
@@ -39,7 +50,7 @@ impl Received {
 
     fn keep(&self, fds: Vec<OwnedFd>) {
         let mut v = self
-            .0
+            .fds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for fd in fds {

@@ -337,7 +337,8 @@ pub struct CniAdd {
     /// `runtimeConfig.bandwidth`, converted.
     #[serde(default)]
     pub limits: Option<LimitSet>,
-    /// The runtime process (the plugin's parent), allowed to bind the published ports.
+    /// The runtime process (the plugin's parent), allowed to bind the published ports. Set
+    /// by the daemon from the connection's peer (`SO_PEERCRED`); what a client sends is ignored.
     #[serde(default)]
     pub runtime_pid: Option<u32>,
 }

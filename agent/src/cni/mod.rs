@@ -212,7 +212,7 @@ impl Plugin {
             ip,
             ports: ports(&conf.runtime_config.port_mappings)?,
             limits: conf.runtime_config.bandwidth.as_ref().and_then(limits),
-            runtime_pid: Some(std::os::unix::process::parent_id()),
+            runtime_pid: None,
         };
         let a: api::CniAttachmentInfo = self
             .call(

@@ -101,7 +101,12 @@ impl axum::serve::Listener for FdListener {
         loop {
             match self.0.accept().await {
                 Ok((stream, _)) => {
-                    let received = Received::default();
+                    let pid = stream
+                        .peer_cred()
+                        .ok()
+                        .and_then(|c| c.pid())
+                        .and_then(|p| u32::try_from(p).ok());
+                    let received = Received::for_peer(pid);
                     return (FdStream::server(stream, received.clone()), received);
                 }
                 // Out of fds and the like: back off instead of spinning.

@@ -175,7 +175,14 @@ async fn cni_add<D: Datapath, S: Store>(
     fds: Fds,
     b: Bytes,
 ) -> Created<api::CniAttachmentInfo> {
-    let req: api::CniAdd = body(&b)?;
+    let mut req: api::CniAdd = body(&b)?;
+    // The runtime is the plugin's parent. Found here rather than told by the plugin: the
+    // runtime may run in a pid namespace of its own, and the bind hook compares the pid as
+    // the kernel's initial namespace sees it, as this daemon does.
+    req.runtime_pid = fds
+        .as_ref()
+        .and_then(|Extension(ConnectInfo(r))| r.peer_pid)
+        .and_then(parent_pid);
     let Some(netns) = take_fd(fds.as_ref()) else {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -184,6 +191,15 @@ async fn cni_add<D: Datapath, S: Store>(
     };
     let a = app.node.lock().await.cni_add(req, netns).await?;
     Ok((StatusCode::CREATED, Json(a)))
+}
+
+/// The parent of process `pid` (`PPid:` of /proc/PID/status).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 async fn cni_del<D: Datapath, S: Store>(
