@@ -573,6 +573,14 @@ pub fn build_rootfs(dest: &Path) -> Result<()> {
     fs::write(dest.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     fs::write(dest.join("etc/hosts"), "127.0.0.1 localhost\n")?;
     fs::write(dest.join("www/index.html"), INDEX_HTML)?;
+    // `GET /cgi-bin/peer` answers the client's address as the container sees it.
+    fs::create_dir_all(dest.join("www/cgi-bin"))?;
+    let cgi = dest.join("www/cgi-bin/peer");
+    fs::write(
+        &cgi,
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"peer=$REMOTE_ADDR\"\n",
+    )?;
+    fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 

@@ -142,12 +142,25 @@ fn versions_status_gc_and_bad_input() {
     let a = RuntimeNetns::new(&sb, "ka");
     let b = RuntimeNetns::new(&sb, "kb");
 
-    // 0.4.0 results carry ips[].version.
-    let r = cni(
-        &Call::new("ADD", "aaaa", &a.path),
-        &net_conf(&sb, "0.4.0", "tg"),
-    );
+    // 0.4.0 results carry ips[].version; bandwidth becomes the container's limits (bursts in
+    // bits, containerd's MaxUint32 meaning none).
+    let mut conf04 = net_conf(&sb, "0.4.0", "tg");
+    conf04["runtimeConfig"] = json!({"bandwidth": {
+        "ingressRate": 50_000_000, "ingressBurst": 4_294_967_295_u64,
+        "egressRate": 10_000_000, "egressBurst": 2_097_152,
+    }});
+    let r = cni(&Call::new("ADD", "aaaa", &a.path), &conf04);
     assert_eq!(r.code, 0, "{r:?}");
+    let name = sb.json(&["container", "list"])[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let l = sb.json(&["limit", "show", &name]);
+    assert_eq!(
+        (&l["ingress_bps"], &l["egress_bps"], &l["burst_bytes"]),
+        (&json!(50_000_000), &json!(10_000_000), &json!(262_144)),
+        "{l}"
+    );
     assert_eq!(r.json["cniVersion"], "0.4.0");
     assert_eq!(r.json["ips"][0]["version"], "4");
     let conf11 = net_conf(&sb, "1.1.0", "tg");
