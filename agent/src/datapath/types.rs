@@ -12,8 +12,10 @@ pub struct EndpointInfo {
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub host_ifindex: u32,
-    /// `EP_*` bits (egress default stance).
+    /// `EP_*` bits (egress default stance, its network's ICC and internal flags).
     pub flags: u32,
+    /// Its network's id (0: `default`).
+    pub net: u32,
 }
 
 /// A port-map key.
