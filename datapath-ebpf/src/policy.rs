@@ -78,6 +78,32 @@ pub fn new_flow(
     egress(ep, daddr, proto, dport)
 }
 
+/// A flow between `ep` and a container of another node (`vni` is its network's): only within
+/// one network, with that network's ICC on (links are between containers of one node), then
+/// the container's egress rules.
+#[inline(always)]
+pub fn to_remote(
+    ep: &Endpoint,
+    vni: u32,
+    daddr: u32,
+    proto: u8,
+    dport: u16,
+) -> Result<(), DropReason> {
+    remote_icc(ep, vni)?;
+    egress(ep, daddr, proto, dport)
+}
+
+/// Whether `ep` and a container of another node on network `vni` may talk: the same network
+/// (never `default`, which is each node's own), with ICC on.
+#[inline(always)]
+pub fn remote_icc(ep: &Endpoint, vni: u32) -> Result<(), DropReason> {
+    if vni != 0 && ep.net == vni && ep.flags & EP_NET_ICC != 0 {
+        Ok(())
+    } else {
+        Err(DropReason::Icc)
+    }
+}
+
 /// The container's egress rules for `daddr`: the chain of the longest matching prefix (the
 /// agent orders each chain by specificity and folds the enclosing prefixes' rules in), its
 /// first rule that matches protocol and port decides; none means the default stance.

@@ -39,6 +39,10 @@ pub struct Container {
     /// Its network (`default`: the daemon's `--pool`).
     #[serde(default = "default_network")]
     pub network: String,
+    /// The MTU of its veth pair (0: the kernel's default). Containers of cluster networks get
+    /// the uplink's minus the VXLAN overhead.
+    #[serde(default)]
+    pub mtu: u32,
 }
 
 fn default_network() -> String {

@@ -152,6 +152,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 runtime_pid: req.runtime_pid.unwrap_or(0),
             }),
             network: req.tollgate_network.clone(),
+            mtu: 0,
         };
         // The steps reach the namespace through the fd the runtime handed over: this
         // process's own /proc path to it stays valid for as long as `netns` is held.

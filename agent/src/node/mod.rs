@@ -140,6 +140,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             pool: s.pool.net(),
             nat_ports: s.nat_ports.clone(),
             ct: s.ct,
+            overlay: None,
         };
         self.dp.setup_node(&setup).await?;
         self.sync_locals()?;
@@ -335,6 +336,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             ifname: model::DEFAULT_IFNAME.to_string(),
             cni: None,
             network,
+            mtu: 0,
         };
         let mut next = self.state.clone();
         next.containers.insert(name.to_string(), c.clone());
