@@ -82,6 +82,17 @@ pub enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    ///
+    /// For example `tollgate completions bash > ~/.local/share/bash-completion/completions/tollgate`;
+    /// the Debian package installs those of bash, zsh and fish.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// (internal) Write the man pages of tollgate, its subcommands and tollgate-cni into DIR.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -44,6 +44,16 @@ pub fn run(cli: Cli) -> Result<()> {
             stats(&Client::new(sock)?, name.as_deref(), json, watch)
         }
         Cmd::Limit(l) => limit(&Client::new(sock)?, l),
+        Cmd::Completions { shell } => {
+            crate::cli_docs::completions(shell);
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            for page in crate::cli_docs::man_pages(&dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
