@@ -46,6 +46,14 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "containerd",
     "runc",
+    // `cargo xtask package` (dpkg-shlibdeps) and its tests (tests/tests/package.rs):
+    // `systemd-analyze verify` of the unit, `man -l` of the pages, the zsh and fish
+    // completions run by their shells.
+    "dpkg-dev",
+    "systemd",
+    "man-db",
+    "zsh",
+    "fish",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
