@@ -127,8 +127,11 @@ fn dpkg_root(tag: &str) -> Scratch {
     for dep in names(&field("Depends")) {
         status += &run(Command::new("dpkg-query").args(["-s", &dep]));
         status += "\n";
-        let pkg = run(Command::new("dpkg-query").args(["-W", "-f", "${binary:Package}", &dep]));
-        fs::write(admin.join("info").join(format!("{}.list", pkg.trim())), "").unwrap();
+        // One per architecture installed (libc6:amd64, libc6:i386).
+        let pkgs = run(Command::new("dpkg-query").args(["-W", "-f", "${binary:Package}\n", &dep]));
+        for pkg in pkgs.lines() {
+            fs::write(admin.join("info").join(format!("{pkg}.list")), "").unwrap();
+        }
     }
     fs::write(admin.join("status"), status).unwrap();
     root
