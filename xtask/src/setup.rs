@@ -54,6 +54,10 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "zsh",
     "fish",
+    // The cluster store: etcd-client's build runs `protoc` (tonic/prost code generation), and
+    // tests/tests/cluster_store.rs runs a real etcd (Debian's 3.4) in a namespace of its own.
+    "protobuf-compiler",
+    "etcd-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
