@@ -4,23 +4,16 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use datapath_common::endpoint::Endpoint;
 
-use super::{ctx, ip_from_net, ip_to_net};
+use super::{ctx, ip_from_net, ip_to_net, removed};
 use crate::datapath::types::EndpointInfo;
 
 pub struct EndpointTable {
     endpoints: HashMap<MapData, u32, Endpoint>,
     by_if: HashMap<MapData, u32, Endpoint>,
     local: HashMap<MapData, u32, u32>,
-}
-
-fn absent_ok(r: std::result::Result<(), MapError>) -> Result<()> {
-    match r {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 impl EndpointTable {
@@ -53,8 +46,8 @@ impl EndpointTable {
     }
 
     pub fn remove(&mut self, ip: Ipv4Addr, host_ifindex: u32) -> Result<()> {
-        absent_ok(self.endpoints.remove(&ip_to_net(ip)))?;
-        absent_ok(self.by_if.remove(&host_ifindex))
+        removed(self.endpoints.remove(&ip_to_net(ip)))?;
+        removed(self.by_if.remove(&host_ifindex))
     }
 
     pub fn ips(&self) -> Result<Vec<Ipv4Addr>> {
@@ -67,7 +60,7 @@ impl EndpointTable {
     }
 
     pub fn remove_ifindex(&mut self, i: u32) -> Result<()> {
-        absent_ok(self.by_if.remove(&i))
+        removed(self.by_if.remove(&i))
     }
 
     pub fn add_local(&mut self, ip: Ipv4Addr, flags: u32) -> Result<()> {
@@ -78,7 +71,7 @@ impl EndpointTable {
     }
 
     pub fn remove_local(&mut self, ip: Ipv4Addr) -> Result<()> {
-        absent_ok(self.local.remove(&ip_to_net(ip)))
+        removed(self.local.remove(&ip_to_net(ip)))
     }
 
     pub fn locals(&self) -> Result<Vec<(Ipv4Addr, u32)>> {

@@ -14,7 +14,10 @@ pub mod stats;
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, Context, Result};
-use aya::{maps::Map, Ebpf};
+use aya::{
+    maps::{Map, MapError},
+    Ebpf,
+};
 use datapath_common::maps as names;
 
 pub use config::ConfigTable;
@@ -64,6 +67,18 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
         .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
+/// The result of removing a key, where an absent key is no error. aya turns `ENOENT` into
+/// `MapError::KeyNotFound` for lookups only: a removal reports it as the syscall failing,
+/// which made every "already gone is fine" removal fail (a restart after `kill -9` between
+/// two writes of a container's entries could not start).
+pub fn removed(r: std::result::Result<(), MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Network-order u32 as stored in the maps (the packet's byte order, read natively).
 pub fn ip_to_net(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -99,5 +114,19 @@ mod tests {
         assert_eq!(ip_from_net(ip_to_net(ip)), ip);
         assert_eq!(port_to_net(61001).to_ne_bytes(), 61001u16.to_be_bytes());
         assert_eq!(port_from_net(port_to_net(80)), 80);
+    }
+
+    #[test]
+    fn removing_an_absent_key_is_no_error() {
+        let syscall = |errno| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert!(removed(Ok(())).is_ok());
+        assert!(removed(Err(MapError::KeyNotFound)).is_ok());
+        assert!(removed(Err(syscall(libc::ENOENT))).is_ok());
+        assert!(removed(Err(syscall(libc::EPERM))).is_err());
     }
 }

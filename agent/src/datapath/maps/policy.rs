@@ -3,10 +3,10 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, MapError};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData};
 use datapath_common::endpoint::{LinkKey, PolicyChain, PolicyKey};
 
-use super::{ctx, ip_from_net, ip_to_net};
+use super::{ctx, ip_from_net, ip_to_net, removed};
 
 pub struct PolicyTable {
     links: HashMap<MapData, LinkKey, u32>,
@@ -45,10 +45,7 @@ impl PolicyTable {
     }
 
     pub fn remove_link(&mut self, from_id: u32, to_id: u32) -> Result<()> {
-        match self.links.remove(&LinkKey { from_id, to_id }) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        removed(self.links.remove(&LinkKey { from_id, to_id }))
     }
 
     pub fn set_chain(
@@ -80,9 +77,6 @@ impl PolicyTable {
     }
 
     pub fn remove_chain(&mut self, endpoint_id: u32, net: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self.policy.remove(&key(endpoint_id, net, prefix)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        removed(self.policy.remove(&key(endpoint_id, net, prefix)))
     }
 }

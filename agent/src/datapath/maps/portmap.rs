@@ -5,7 +5,7 @@ use anyhow::Result;
 use aya::maps::{HashMap, Map, MapData, MapError};
 use datapath_common::portmap::{PortKey, PortValue, GUARD_NOBODY};
 
-use super::{ctx, ip_from_net, ip_to_net, port_from_net, port_to_net};
+use super::{ctx, ip_from_net, ip_to_net, port_from_net, port_to_net, removed};
 use crate::datapath::types::{Published, Target};
 
 fn key(p: Published) -> PortKey {
@@ -73,10 +73,7 @@ impl PortMapTable {
     }
 
     pub fn remove(&mut self, p: Published) -> Result<()> {
-        match self.map.remove(&key(p)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        removed(self.map.remove(&key(p)))
     }
 
     /// Drops the bind guard of (port, proto); call when no map of it remains.
@@ -86,10 +83,7 @@ impl PortMapTable {
             port,
             proto,
         });
-        match self.guard.remove(&g) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        removed(self.guard.remove(&g))
     }
 
     pub fn keys(&self) -> Result<Vec<Published>> {

@@ -3,11 +3,11 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData, MapError};
+use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
 use datapath_common::overlay::Remote;
 use ipnet::Ipv4Net;
 
-use super::{ctx, ip_from_net, ip_to_net};
+use super::{ctx, ip_from_net, ip_to_net, removed};
 
 pub struct RemoteTable {
     map: LpmTrie<MapData, u32, Remote>,
@@ -35,10 +35,7 @@ impl RemoteTable {
     }
 
     pub fn remove(&mut self, prefix: Ipv4Net) -> Result<()> {
-        match self.map.remove(&key(prefix)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        removed(self.map.remove(&key(prefix)))
     }
 
     pub fn list(&self) -> Result<Vec<(Ipv4Net, Ipv4Addr, u32)>> {
