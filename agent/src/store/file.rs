@@ -1,6 +1,11 @@
 //! The embedded store: the state as JSON under `--state-dir`, a snapshot written atomically
 //! (temp file + fsync + rename) so a `kill -9` leaves either the old or the new file, plus a
 //! journal of port-map changes.
+//!
+//! Journal lines carry increasing sequence numbers and the snapshot the last one it includes,
+//! so a journal that outlived the snapshot that folded it in (killed between the rename and the
+//! journal's removal) is never replayed over it: replaying "add port 8080 to web" after a
+//! snapshot without `web` would resurrect the map for a container that no longer exists.
 
 use std::{
     fs::{File, OpenOptions},
@@ -10,6 +15,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
 use super::{Commit, Store};
 use crate::model::{PortChange, State};
@@ -26,7 +32,36 @@ pub struct FileStore {
     path: PathBuf,
     journal: PathBuf,
     journal_lines: std::sync::atomic::AtomicUsize,
+    /// The sequence number of the last journaled change (the snapshot's `journal_seq` once it
+    /// is rewritten).
+    seq: std::sync::atomic::AtomicU64,
     _lock: File,
+}
+
+/// `state.json`: the state, and the sequence number of the last journal line folded into it
+/// (absent in files of older versions: 0).
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    journal_seq: u64,
+    #[serde(flatten)]
+    state: &'a State,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
+    #[serde(default)]
+    journal_seq: u64,
+    #[serde(flatten)]
+    state: State,
+}
+
+/// One line of `journal.jsonl` (`seq` is 0 in lines of older versions).
+#[derive(Serialize, Deserialize)]
+struct JournalLine {
+    #[serde(default)]
+    seq: u64,
+    #[serde(flatten)]
+    change: PortChange,
 }
 
 impl FileStore {
@@ -50,14 +85,19 @@ impl FileStore {
             path: dir.join("state.json"),
             journal: dir.join("journal.jsonl"),
             journal_lines: std::sync::atomic::AtomicUsize::new(0),
+            seq: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
         })
     }
 
-    /// Writes a full snapshot and empties the journal.
+    /// Writes a full snapshot and empties the journal. `state` includes every change
+    /// journaled so far.
     fn save(&self, state: &State) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let data = serde_json::to_vec(state)?;
+        let data = serde_json::to_vec(&SnapshotOut {
+            journal_seq: self.seq.load(std::sync::atomic::Ordering::Relaxed),
+            state,
+        })?;
         let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&data)?;
         f.sync_all()?;
@@ -86,16 +126,26 @@ impl FileStore {
         {
             return self.save(state);
         }
-        let mut line = serde_json::to_vec(change)?;
+        let seq = self.seq.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut line = serde_json::to_vec(&JournalLine {
+            seq,
+            change: change.clone(),
+        })?;
         line.push(b'\n');
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.journal)
             .with_context(|| format!("opening {}", self.journal.display()))?;
-        f.write_all(&line)?;
-        f.sync_data()
-            .with_context(|| format!("syncing {}", self.journal.display()))?;
+        let len = f.metadata()?.len();
+        let written = f.write_all(&line).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            // The change is refused, so it must not come back on the next start: cut the
+            // line off again (a torn line is skipped anyway; a whole one would be replayed).
+            let _ = f.set_len(len);
+            return Err(e).with_context(|| format!("writing {}", self.journal.display()));
+        }
+        self.seq.store(seq, std::sync::atomic::Ordering::Relaxed);
         self.journal_lines
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -105,7 +155,8 @@ impl FileStore {
 impl Store for FileStore {
     /// Snapshot plus journal; the result is saved as a fresh snapshot right away.
     fn load(&mut self) -> Result<State> {
-        let st = load_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        let (st, seq) = load_seq(self.path.parent().unwrap_or(Path::new(".")))?;
+        self.seq.store(seq, std::sync::atomic::Ordering::Relaxed);
         self.save(&st)?;
         Ok(st)
     }
@@ -121,27 +172,47 @@ impl Store for FileStore {
 /// Reads the state of `dir` (snapshot + journal) without locking (also used by `reset`, which
 /// runs without a daemon).
 pub fn load_dir(dir: &Path) -> Result<State> {
+    load_seq(dir).map(|(st, _)| st)
+}
+
+/// The state of `dir` and the sequence number of the last change in it.
+fn load_seq(dir: &Path) -> Result<(State, u64)> {
     let path = dir.join("state.json");
-    let mut st = match std::fs::read(&path) {
+    let snap = match std::fs::read(&path) {
         Ok(data) => serde_json::from_slice(&data)
             .with_context(|| format!("parsing {} (corrupt state file)", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SnapshotIn {
+            journal_seq: 0,
+            state: State::default(),
+        },
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let (mut st, mut seq) = (snap.state, snap.journal_seq);
     let journal = dir.join("journal.jsonl");
     match std::fs::read_to_string(&journal) {
         Ok(text) => {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 // A torn last line (killed mid-write) was never acknowledged: skip it.
-                if let Ok(change) = serde_json::from_str::<PortChange>(line) {
-                    change.apply(&mut st);
+                let Ok(l) = serde_json::from_str::<JournalLine>(line) else {
+                    continue;
+                };
+                // Lines the snapshot already holds are skipped; lines of an older version
+                // (no sequence numbers) only follow a snapshot of that version.
+                let new = if l.seq == 0 {
+                    snap.journal_seq == 0
+                } else {
+                    l.seq > snap.journal_seq
+                };
+                if new {
+                    l.change.apply(&mut st);
+                    seq = seq.max(l.seq);
                 }
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", journal.display())),
     }
-    Ok(st)
+    Ok((st, seq))
 }
 
 #[cfg(test)]
@@ -192,6 +263,72 @@ mod tests {
         store.save_ports(&c, &back).unwrap();
         assert_eq!(load_dir(&dir).unwrap().ports["web"], vec![pm(2), pm(3)]);
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `kill -9` between a snapshot's rename and the journal's removal leaves a journal whose
+    /// changes the snapshot already holds, followed by changes the snapshot undid (here the
+    /// container's deletion): replaying it must not bring the deleted container's maps back.
+    #[test]
+    fn a_journal_left_behind_by_a_snapshot_is_not_replayed() {
+        let dir = std::env::temp_dir().join(format!("tg-state-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = FileStore::open(&dir).unwrap();
+        let mut st = store.load().unwrap();
+        let add = PortChange {
+            container: "web".into(),
+            added: vec![pm(8080)],
+            removed: vec![],
+        };
+        add.apply(&mut st);
+        store.commit(&st, &Commit::Ports(add)).unwrap();
+        let journal = std::fs::read(dir.join("journal.jsonl")).unwrap();
+        // `container del web`: a snapshot without its maps...
+        st.ports.remove("web");
+        store.commit(&st, &Commit::Snapshot).unwrap();
+        // ...and the journal the kill kept from being removed.
+        std::fs::write(dir.join("journal.jsonl"), &journal).unwrap();
+        assert_eq!(
+            load_dir(&dir).unwrap(),
+            st,
+            "the stale journal was replayed"
+        );
+        // Changes journaled after that snapshot still count, also across a reopen.
+        drop(store);
+        let mut store = FileStore::open(&dir).unwrap();
+        let mut st = store.load().unwrap();
+        let add = PortChange {
+            container: "db".into(),
+            added: vec![pm(5432)],
+            removed: vec![],
+        };
+        add.apply(&mut st);
+        store.commit(&st, &Commit::Ports(add)).unwrap();
+        assert_eq!(load_dir(&dir).unwrap().ports["db"], vec![pm(5432)]);
+        assert!(!load_dir(&dir).unwrap().ports.contains_key("web"));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A state directory of an older version (no sequence numbers) loads as before.
+    #[test]
+    fn files_without_sequence_numbers_still_load() {
+        let dir = std::env::temp_dir().join(format!("tg-state-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("state.json"),
+            serde_json::to_vec(&State::default()).unwrap(),
+        )
+        .unwrap();
+        let line = serde_json::to_string(&PortChange {
+            container: "web".into(),
+            added: vec![pm(1)],
+            removed: vec![],
+        })
+        .unwrap();
+        std::fs::write(dir.join("journal.jsonl"), line + "\n").unwrap();
+        assert_eq!(load_dir(&dir).unwrap().ports["web"], vec![pm(1)]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
