@@ -172,6 +172,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             }),
         };
         self.dp.setup_node(&setup).await?;
+        self.drop_unfinished().await?;
         self.sync_locals()?;
         self.restore_containers().await?;
         tx::sync_portmaps(&mut self.dp, &self.state)?;
@@ -199,6 +200,40 @@ impl<D: Datapath, S: Store> Node<D, S> {
             port_maps = self.state.all_ports().count(),
             "state applied"
         );
+        Ok(())
+    }
+
+    /// Removes what a crash in the middle of creating containers left behind (their namespace,
+    /// veth, pinned links and map entries): the containers the interrupted change was
+    /// creating that the state does not hold. One that shares anything with a container of
+    /// the state (a record that outlived its commit) is left alone.
+    async fn drop_unfinished(&mut self) -> Result<()> {
+        let creating = self
+            .store
+            .creating()
+            .context("reading the record of containers being created")
+            .kind(Kind::Unavailable)?;
+        for c in &creating {
+            let taken = self.state.containers.values().any(|s| {
+                s.name == c.name
+                    || s.ip == c.ip
+                    || s.host_ifname == c.host_ifname
+                    || s.netns == c.netns
+            });
+            if taken {
+                continue;
+            }
+            warn!(container = %c.name, "removing what an interrupted container creation left behind");
+            for e in tx::teardown(&mut self.dp, c).await {
+                warn!(container = %c.name, "{e:#}");
+            }
+        }
+        if !creating.is_empty() {
+            self.store
+                .set_creating(&[])
+                .context("clearing the record of containers being created")
+                .kind(Kind::Unavailable)?;
+        }
         Ok(())
     }
 

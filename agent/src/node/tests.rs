@@ -363,3 +363,39 @@ fn a_restart_reconciles_the_datapath_to_the_stored_state() {
     without_ifindexes(&mut want);
     assert_eq!(got, want);
 }
+
+/// `kill -9` after a container was plumbed and before its commit (the store "crashes" at the
+/// commit): the restart removes its namespace, veth, hooks and entries, and the name, the
+/// address and the veth name can be used again.
+#[test]
+fn a_restart_removes_what_a_crash_during_container_add_left() {
+    let mut n = busy();
+    let (want, state) = snapshot(&n);
+    n.store_mut().crash_on_commit = true;
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| add(&mut n, "cut")));
+    assert!(crashed.is_err(), "the injected crash");
+    let (dp, store) = n.into_parts();
+    assert_eq!(store.creating.len(), 1, "the record of the creation");
+    let cut = store.creating[0].clone();
+    assert!(
+        dp.t.veths.contains_key(&cut.host_ifname),
+        "the crash left a veth"
+    );
+    assert!(dp.t.endpoints.contains_key(&cut.ip), "and an endpoint");
+    let mut n = node_on(dp, store);
+    let (mut got, st) = snapshot(&n);
+    assert_eq!(st, state);
+    assert!(
+        !got.netns.contains(&cut.netns),
+        "namespace left: {:?}",
+        got.netns
+    );
+    let mut want = want;
+    without_ifindexes(&mut got);
+    without_ifindexes(&mut want);
+    assert_eq!(got, want);
+    assert!(n.store_mut().creating.is_empty());
+    add(&mut n, "cut");
+    assert_eq!(n.state().containers["cut"].host_ifname, cut.host_ifname);
+    assert!(n.datapath().t.hooked.contains(&cut.host_ifname));
+}

@@ -128,6 +128,38 @@ pub async fn transact<D: Datapath, S: crate::store::Store>(
     dp: &mut D,
     store: &mut S,
     state: &mut State,
+    change: Change,
+) -> Result<()> {
+    // Recorded before anything is plumbed, so a start after a crash in the middle finds and
+    // removes what the crash left (`Node::drop_unfinished`).
+    let creating: Vec<Container> = change
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateContainer(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    if !creating.is_empty() {
+        store
+            .set_creating(&creating)
+            .context("recording the containers being created")
+            .kind(Kind::Unavailable)?;
+    }
+    let result = apply_and_commit(dp, store, state, change).await;
+    if !creating.is_empty() {
+        // Left in place, it is harmless: a start ignores containers the state holds.
+        if let Err(e) = store.set_creating(&[]) {
+            warn!("clearing the record of containers being created: {e:#}");
+        }
+    }
+    result
+}
+
+async fn apply_and_commit<D: Datapath, S: crate::store::Store>(
+    dp: &mut D,
+    store: &mut S,
+    state: &mut State,
     mut change: Change,
 ) -> Result<()> {
     let mut started = 0;
@@ -221,6 +253,10 @@ async fn create_container<D: Datapath>(
     c: &mut Container,
     fresh: bool,
 ) -> Result<()> {
+    // The veth's name comes from a free id, so pinned links under that name are stale: left
+    // by a container of that id whose creation a crash cut short. `attach_container` keeps
+    // an existing pin, which would leave the new veth without its programs.
+    dp.detach_container(c)?;
     c.host_ifindex = dp.plumb(c).await?;
     if let Some(sc) = st.containers.get_mut(&c.name) {
         sc.host_ifindex = c.host_ifindex;

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Commit, Store};
-use crate::model::{PortChange, State};
+use crate::model::{Container, PortChange, State};
 
 /// Journal lines after which the snapshot is rewritten and the journal emptied.
 const COMPACT_AFTER: usize = 512;
@@ -31,6 +31,8 @@ const COMPACT_AFTER: usize = 512;
 pub struct FileStore {
     path: PathBuf,
     journal: PathBuf,
+    /// `creating.json`: the containers a change is creating (see `Store::set_creating`).
+    creating: PathBuf,
     journal_lines: std::sync::atomic::AtomicUsize,
     /// The sequence number of the last journaled change (the snapshot's `journal_seq` once it
     /// is rewritten).
@@ -84,6 +86,7 @@ impl FileStore {
         Ok(Self {
             path: dir.join("state.json"),
             journal: dir.join("journal.jsonl"),
+            creating: dir.join("creating.json"),
             journal_lines: std::sync::atomic::AtomicUsize::new(0),
             seq: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
@@ -165,6 +168,32 @@ impl Store for FileStore {
         match what {
             Commit::Snapshot => self.save(next),
             Commit::Ports(change) => self.save_ports(change, next),
+        }
+    }
+
+    /// `creating.json`, replaced atomically like the snapshot; removed when empty.
+    fn set_creating(&mut self, containers: &[Container]) -> Result<()> {
+        if containers.is_empty() {
+            return match std::fs::remove_file(&self.creating) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing {}", self.creating.display())),
+            };
+        }
+        let tmp = self.creating.with_extension("json.tmp");
+        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec(containers)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.creating)
+            .with_context(|| format!("replacing {}", self.creating.display()))
+    }
+
+    fn creating(&mut self) -> Result<Vec<Container>> {
+        match std::fs::read(&self.creating) {
+            Ok(data) => serde_json::from_slice(&data)
+                .with_context(|| format!("parsing {}", self.creating.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.creating.display())),
         }
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 
 use super::{Commit, Store};
-use crate::model::State;
+use crate::model::{Container, State};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -11,6 +11,11 @@ pub struct MemoryStore {
     /// Commits left to refuse (simulates an unwritable disk or an unreachable cluster).
     pub fail_commits: usize,
     pub commits: usize,
+    /// What `set_creating` recorded.
+    pub creating: Vec<Container>,
+    /// The next commit panics, as a `kill -9` would stop the daemon after the datapath
+    /// changed and before the state did.
+    pub crash_on_commit: bool,
 }
 
 impl Store for MemoryStore {
@@ -19,6 +24,10 @@ impl Store for MemoryStore {
     }
 
     fn commit(&mut self, next: &State, _what: &Commit) -> Result<()> {
+        assert!(
+            !std::mem::take(&mut self.crash_on_commit),
+            "crash before the commit (injected)"
+        );
         if self.fail_commits > 0 {
             self.fail_commits -= 1;
             bail!("store unavailable (injected)");
@@ -26,5 +35,14 @@ impl Store for MemoryStore {
         self.state = next.clone();
         self.commits += 1;
         Ok(())
+    }
+
+    fn set_creating(&mut self, containers: &[Container]) -> Result<()> {
+        self.creating = containers.to_vec();
+        Ok(())
+    }
+
+    fn creating(&mut self) -> Result<Vec<Container>> {
+        Ok(self.creating.clone())
     }
 }

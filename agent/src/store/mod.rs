@@ -7,7 +7,7 @@ pub mod memory;
 
 use anyhow::Result;
 
-use crate::model::{PortChange, State};
+use crate::model::{Container, PortChange, State};
 
 pub use file::{load_dir, FileStore};
 pub use memory::MemoryStore;
@@ -25,4 +25,16 @@ pub trait Store: Send + 'static {
     fn load(&mut self) -> Result<State>;
     /// Makes `next` the stored state; `what` says what changed. On error nothing was stored.
     fn commit(&mut self, next: &State, what: &Commit) -> Result<()>;
+    /// Records the containers a change is about to create, before any of them is plumbed (an
+    /// empty list once the change committed or was undone), so that the start after a crash
+    /// in between finds what the crash left: the namespace, veth, pins and map entries of a
+    /// container the state never got. The default keeps nothing (a store without a crash to
+    /// outlive).
+    fn set_creating(&mut self, _containers: &[Container]) -> Result<()> {
+        Ok(())
+    }
+    /// What `set_creating` recorded last.
+    fn creating(&mut self) -> Result<Vec<Container>> {
+        Ok(Vec::new())
+    }
 }
