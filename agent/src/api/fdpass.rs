@@ -21,7 +21,7 @@ use tokio::{
 };
 
 /// At most this many fds are kept per connection (a request needs one).
-const MAX_FDS: usize = 4;
+pub const MAX_FDS: usize = 4;
 
 /// What the server knows of a connection: the fds it has received so far, and the pid of
 /// the process that connected (`SO_PEERCRED`, in the daemon's pid namespace).
@@ -78,6 +78,12 @@ impl FdStream {
             send: fd,
             received: None,
         }
+    }
+
+    /// Writes what the socket takes right now, without waiting (an answer the server writes
+    /// beside its HTTP connection: see `server::conn`).
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.try_write(buf)
     }
 
     /// A server connection that collects the fds it receives into `received`.

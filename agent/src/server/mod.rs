@@ -2,6 +2,7 @@
 //! then serve the API (HTTP/1.1 + JSON on the unix socket, 0600) until SIGTERM/SIGINT.
 //! Stopping leaves the datapath pinned and forwarding; only `tollgate reset` tears it down.
 
+pub mod conn;
 pub mod metrics;
 pub mod routes;
 
@@ -16,13 +17,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use axum::{extract::connect_info::Connected, serve::IncomingStream};
-
 use crate::{
-    api::{
-        fdpass::{FdStream, Received},
-        types::cni_queue_dir,
-    },
+    api::types::cni_queue_dir,
     cluster::{Cluster, ClusterConfig, ClusterView},
     datapath::{kernel::KernelDatapath, Datapath, PROG_FROM_UPLINK},
     netlink::{addr, link},
@@ -32,6 +28,8 @@ use crate::{
 pub use routes::{router, App};
 
 pub async fn run(settings: Settings) -> Result<()> {
+    // Before anything opens fds: the API's connection cap is sized from it.
+    let nofile = conn::raise_nofile();
     let store = FileStore::open(&settings.state_dir)?;
     let dp = KernelDatapath::open(&settings.bpffs, settings.conntrack_max)?;
     let ifindex = link::require_index(&dp.nl, &settings.uplink)
@@ -102,55 +100,17 @@ pub async fn run(settings: Settings) -> Result<()> {
             _ = stop_rx.recv() => info!("shutdown requested"),
         }
     };
-    axum::serve(
-        FdListener(listener),
-        router(app).into_make_service_with_connect_info::<Received>(),
-    )
-    .with_graceful_shutdown(stopped)
-    .await
-    .context("serving the API")?;
+    let limits = conn::Limits::for_nofile(nofile);
+    debug!(
+        nofile,
+        max_connections = limits.max_connections,
+        "API limits"
+    );
+    conn::serve(listener, router(app), limits, stopped)
+        .await
+        .context("serving the API")?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
-}
-
-/// The API socket's listener: every connection collects the fds its requests carry
-/// (`fdpass`), reachable from handlers as `ConnectInfo<Received>`.
-struct FdListener(UnixListener);
-
-impl axum::serve::Listener for FdListener {
-    type Io = FdStream;
-    type Addr = Received;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, _)) => {
-                    let pid = stream
-                        .peer_cred()
-                        .ok()
-                        .and_then(|c| c.pid())
-                        .and_then(|p| u32::try_from(p).ok());
-                    let received = Received::for_peer(pid);
-                    return (FdStream::server(stream, received.clone()), received);
-                }
-                // Out of fds and the like: back off instead of spinning.
-                Err(e) => {
-                    warn!("accepting an API connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(Received::default())
-    }
-}
-
-impl Connected<IncomingStream<'_, FdListener>> for Received {
-    fn connect_info(stream: IncomingStream<'_, FdListener>) -> Self {
-        stream.remote_addr().clone()
-    }
 }
 
 /// The cluster store's settings for this node; the underlay address defaults to the
