@@ -3,11 +3,12 @@
 //! running with `--netns`, the real `tollgate` CLI, and small TCP/UDP peers running on
 //! threads that entered a namespace; real podman and containerd in a sandbox (`runtime`); a real
 //! etcd in a namespace of its own (`etcd`); several daemons in cluster mode on one underlay
-//! (`cluster`).
+//! (`cluster`); whether a daemon's pinned maps hold exactly its state (`consistency`).
 //! Everything is removed in `Drop`, also on panic.
 
 pub mod cluster;
 pub mod cni;
+pub mod consistency;
 pub mod etcd;
 pub mod net;
 pub mod runtime;

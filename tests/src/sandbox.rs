@@ -147,6 +147,11 @@ impl Daemon {
         }
     }
 
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the daemon with SIGKILL (no clean-up of any kind).
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.child.take() {
