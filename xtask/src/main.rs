@@ -9,6 +9,8 @@
 //! - `cargo xtask package [--no-build] [--out DIR]`: build, then the Debian package.
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
 //!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
+//! - `cargo xtask soak [--minutes N]`: long-lived flows and new connections while other
+//!   containers churn; nothing lost, maps back to size, memory flat (docs/soak.md).
 
 mod bench;
 // `bench ratelimit` sits beside the main bench's modules but is dispatched from `main`, so the
@@ -19,6 +21,7 @@ mod build;
 mod package;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::{
@@ -64,6 +67,11 @@ enum Task {
     /// a userland proxy per port and tollgate, interleaved; writes results.md, results.json and
     /// an SVG chart to --out (default target/bench).
     Bench(bench::BenchArgs),
+    /// Setup, build, then a soak: long-lived TCP flows, UDP and a stream of new connections
+    /// through port maps while other containers, port maps, policies and limits churn; at the
+    /// end no flow lost, every map back to its size, the daemon's memory flat. Writes
+    /// results.md and results.json to --out (default target/soak).
+    Soak(soak::SoakArgs),
     /// The bench's echo server (run in the container namespace).
     #[command(hide = true)]
     BenchEcho(bench::tools::EchoArgs),
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
             Task::BuildAndRun(args) => run::run(&args),
             Task::Package(args) => package::run(&args),
             Task::Bench(args) => bench::run(&args),
+            Task::Soak(args) => soak::run(&args),
             Task::BenchEcho(args) => bench::tools::echo(&args),
             Task::BenchProxy(args) => bench::tools::proxy(&args),
             Task::BenchListen(args) => bench::tools::listen(&args),

@@ -1,7 +1,9 @@
 //! `cargo xtask test`: setup, lint, build, host unit tests, then the privileged integration
 //! tests (crate `tollgate-tests`) against the release binary, passed as `TOLLGATE_BIN`.
 //!
-//! Then, unless `--no-bench`, the bench smoke run (`cargo xtask bench --quick`, every workload
+//! Then, unless `--no-soak`, a one-minute soak (`cargo xtask soak --minutes 1`: flows intact,
+//! no new connection failed, maps back to their size, memory flat), printing
+//! `soak-smoke: passed` or its failures. Then, unless `--no-bench`, the bench smoke run (`cargo xtask bench --quick`, every workload
 //! against every mode) checks that every mode produced numbers, and prints
 //! `bench-smoke: N passed, M failed` (one per workload metric and mode).
 //!
@@ -12,9 +14,13 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::{bench, build, cargo, display, is_root, run_cmd, setup};
+use crate::{bench, build, cargo, display, is_root, run_cmd, setup, soak};
 
 #[derive(Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent --no-* switches of the command line"
+)]
 pub struct TestArgs {
     /// Skip `cargo fmt --check` and `cargo clippy` (host crates and datapath-ebpf).
     #[arg(long)]
@@ -22,6 +28,9 @@ pub struct TestArgs {
     /// Skip the privileged integration tests (crate tollgate-tests).
     #[arg(long)]
     pub no_integration: bool,
+    /// Skip the one-minute soak (`cargo xtask soak --minutes 1`, after the integration tests).
+    #[arg(long)]
+    pub no_soak: bool,
     /// Skip the bench smoke run (`cargo xtask bench --quick`, after the integration tests).
     #[arg(long)]
     pub no_bench: bool,
@@ -88,6 +97,29 @@ pub fn run(args: &TestArgs) -> Result<()> {
                 .args(["--", "--test-threads", &args.test_threads.to_string()])
                 .args(harness_args),
         );
+    }
+
+    // The one-minute soak: traffic through port maps while other containers churn.
+    if args.no_soak {
+        println!("skipping the soak (--no-soak)");
+    } else if !is_root() {
+        println!("skipping the soak: it needs root");
+    } else {
+        match soak::smoke(&bin) {
+            Ok(failures) if failures.is_empty() => println!("soak-smoke: passed"),
+            Ok(failures) => {
+                for f in &failures {
+                    eprintln!("error: soak: {f}");
+                }
+                failed.push("cargo xtask soak --minutes 1".into());
+                println!("soak-smoke: failed ({} checks)", failures.len());
+            }
+            Err(err) => {
+                eprintln!("error: soak: {err:#}");
+                failed.push("cargo xtask soak --minutes 1".into());
+                println!("soak-smoke: failed");
+            }
+        }
     }
 
     // The bench smoke run: every mode must produce numbers (their values are not checked).

@@ -13,7 +13,8 @@
 //! See docs/benchmarks.md for the workloads and the latest numbers.
 
 mod report;
-mod sandbox;
+// Also the soak's sandbox (`soak.rs`).
+pub(crate) mod sandbox;
 pub mod tools;
 mod workloads;
 
