@@ -32,6 +32,9 @@ pub trait Driver {
     fn age(&mut self, k: Key);
     /// Deletes conntrack entry `k` (an LRU eviction).
     fn lose(&mut self, k: Key);
+    /// Makes entry `k`'s idle clock two seconds old (not expired): its next packet syncs the
+    /// flow's other half (`needs_sync`).
+    fn stale(&mut self, k: Key);
     /// The entries the model expects in `TG_CT` now.
     fn entries(&self) -> Vec<(Key, Ent)>;
     /// The world of this epoch.
@@ -62,14 +65,35 @@ fn send_p(r: &mut Rng, d: &mut dyn Driver, p: &P, pm: f64, note: &str) -> Option
     d.send(prog, dev, frame, &note)
 }
 
+/// One scenario: mostly one flow (or a few single frames); sometimes several flows of any
+/// kinds one after the other on the same conntrack table, or a crowd of flows to one peer.
 pub fn scenario(r: &mut Rng, d: &mut dyn Driver) {
-    match r.below(100) {
-        0..=21 => inbound(r, d),
-        22..=43 => masquerade(r, d),
-        44..=55 => hairpin(r, d),
-        56..=67 => plain(r, d),
-        68..=72 => untracked(r, d),
-        _ => singles(r, d),
+    let n = if r.chance(0.15) { 2 + r.below(3) } else { 1 };
+    for _ in 0..n {
+        match r.below(100) {
+            0..=20 => inbound(r, d),
+            21..=40 => masquerade(r, d),
+            41..=51 => hairpin(r, d),
+            52..=62 => plain(r, d),
+            63..=67 => untracked(r, d),
+            68..=74 => crowd(r, d),
+            _ => singles(r, d),
+        }
+    }
+}
+
+/// Several containers' flows to one peer and port (masquerade ports allocated side by side,
+/// running out in a small range), each going a few steps.
+fn crowd(r: &mut Rng, d: &mut dyn Driver) {
+    let w = d.world().clone();
+    let peer = *r.pick(OUTSIDE);
+    let (dport, proto) = (port(r), *r.pick(&[proto::TCP, proto::UDP, proto::ICMP]));
+    for _ in 0..2 + r.below(5) {
+        let ep = *r.pick(&w.eps);
+        let sport = if r.chance(0.5) { 40_000 } else { r.u16() };
+        let p = first_packet(proto, ep.ip, sport, peer, dport, r);
+        let steps = r.below(3);
+        flow_steps(r, d, &p, Prog::FromContainer, ep.dev, steps);
     }
 }
 
@@ -130,7 +154,7 @@ fn inbound(r: &mut Rng, d: &mut dyn Driver) {
         dport,
         r,
     );
-    flow(r, d, p, Prog::FromUplink, "tgt0");
+    flow(r, d, &p, Prog::FromUplink, "tgt0");
 }
 
 /// A container's flow to the outside.
@@ -147,7 +171,7 @@ fn masquerade(r: &mut Rng, d: &mut dyn Driver) {
         port(r),
         r,
     );
-    flow(r, d, p, Prog::FromContainer, ep.dev);
+    flow(r, d, &p, Prog::FromContainer, ep.dev);
 }
 
 /// A container's flow to a published port (another container's, or its own).
@@ -168,7 +192,7 @@ fn hairpin(r: &mut Rng, d: &mut dyn Driver) {
         m.port,
         r,
     );
-    flow(r, d, p, Prog::FromContainer, ep.dev);
+    flow(r, d, &p, Prog::FromContainer, ep.dev);
 }
 
 /// Untranslated flows: container to container, to the node, to the pool; outside straight
@@ -185,9 +209,22 @@ fn plain(r: &mut Rng, d: &mut dyn Driver) {
             port(r),
             r,
         );
-        return flow(r, d, p, Prog::FromUplink, "tgt0");
+        return flow(r, d, &p, Prog::FromUplink, "tgt0");
     }
     let ep = *r.pick(&w.eps);
+    if !w.remotes.is_empty() && r.chance(0.3) {
+        // Cluster mode: a container of another node.
+        let dst = *r.pick(&[REMOTE5, REMOTE5, REMOTE7, [10, 254, 2, 200]]);
+        let p = first_packet(
+            proto,
+            ep.ip,
+            30_000 + r.below(30_000) as u16,
+            dst,
+            port(r),
+            r,
+        );
+        return flow(r, d, &p, Prog::FromContainer, ep.dev);
+    }
     let dst = *r.pick(&[
         C1,
         C2,
@@ -201,6 +238,9 @@ fn plain(r: &mut Rng, d: &mut dyn Driver) {
         GHOST,
         LOOPBACK,
         UNROUTED,
+        REMOTE5,
+        REMOTE5,
+        REMOTE7,
     ]);
     let p = first_packet(
         proto,
@@ -210,13 +250,13 @@ fn plain(r: &mut Rng, d: &mut dyn Driver) {
         port(r),
         r,
     );
-    flow(r, d, p, Prog::FromContainer, ep.dev);
+    flow(r, d, &p, Prog::FromContainer, ep.dev);
 }
 
 /// Protocols conntrack does not track, judged per packet.
 fn untracked(r: &mut Rng, d: &mut dyn Driver) {
     let w = d.world().clone();
-    for _ in 0..1 + r.below(4) {
+    for _ in 0..=r.below(4) {
         let src = if r.chance(0.8) {
             r.pick(&w.eps).ip
         } else {
@@ -241,7 +281,7 @@ fn untracked(r: &mut Rng, d: &mut dyn Driver) {
 
 /// Single unrelated frames, anything to any program, heavily mutated.
 fn singles(r: &mut Rng, d: &mut dyn Driver) {
-    for _ in 0..1 + r.below(5) {
+    for _ in 0..=r.below(5) {
         let src = *r.pick(ALL);
         let dst = *r.pick(ALL);
         let p = match r.below(6) {
@@ -320,7 +360,12 @@ fn error_about(r: &mut Rng, src: [u8; 4], dst: [u8; 4], ip: &[u8]) -> P {
 /// A's packets, B's answers to what came out, ICMP errors about either direction from
 /// either end or a router, FIN/RST and a fresh SYN on the closing tuple, conntrack aging
 /// and loss, duplicates; any frame possibly mutated.
-fn flow(r: &mut Rng, d: &mut dyn Driver, p0: P, prog: Prog, dev: &'static str) {
+fn flow(r: &mut Rng, d: &mut dyn Driver, p0: &P, prog: Prog, dev: &'static str) {
+    let steps = 1 + r.below(9);
+    flow_steps(r, d, p0, prog, dev, steps);
+}
+
+fn flow_steps(r: &mut Rng, d: &mut dyn Driver, p0: &P, prog: Prog, dev: &'static str, steps: u64) {
     let pm = 0.15;
     let mut a_last = p0.clone();
     let Some((ret, out)) = d.send(prog, dev, p0.build(), "opens") else {
@@ -330,7 +375,6 @@ fn flow(r: &mut Rng, d: &mut dyn Driver, p0: P, prog: Prog, dev: &'static str) {
     let mut a_out = (ret != 2).then(|| P::parse(&out)).flatten();
     let mut b_last: Option<P> = None;
     let mut b_out: Option<P> = None;
-    let steps = 1 + r.below(9);
     for _ in 0..steps {
         match r.below(100) {
             // A again.
@@ -426,7 +470,9 @@ fn flow(r: &mut Rng, d: &mut dyn Driver, p0: P, prog: Prog, dev: &'static str) {
                     continue;
                 }
                 let (k, _) = *r.pick(&es);
-                if r.chance(0.6) {
+                if r.chance(0.3) {
+                    d.stale(k);
+                } else if r.chance(0.6) {
                     d.age(k);
                     if r.chance(0.5) {
                         for (k2, e2) in d.entries() {
@@ -449,7 +495,7 @@ fn flow(r: &mut Rng, d: &mut dyn Driver, p0: P, prog: Prog, dev: &'static str) {
             }
             // A duplicate, or a mutated copy, of A's first packet.
             _ => {
-                send_p(r, d, &p0, 0.5, "A's first again");
+                send_p(r, d, p0, 0.5, "A's first again");
             }
         }
     }
@@ -490,7 +536,7 @@ fn next_segment(r: &mut Rng, p: &mut P) {
 /// returns the frame and what was done.
 pub fn mutate(r: &mut Rng, mut p: P) -> (Vec<u8>, String) {
     let mut what = Vec::new();
-    for _ in 0..1 + r.below(2) {
+    for _ in 0..=r.below(2) {
         match r.below(14) {
             0 => {
                 let n = 1 + r.below(10) as usize;

@@ -22,6 +22,23 @@
 //! `cargo test -p tollgate-tests --test prog_fuzz -- --nocapture` (root; the eBPF object
 //! built, see `prog_harness`).
 
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    reason = "random values and header fields are cut to their widths on purpose"
+)]
+#![expect(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "a hook's model reads as one path with the datapath's names (k, e, r, p), as the hook"
+)]
+#![expect(
+    clippy::wrong_self_convention,
+    reason = "the model's methods are named after the programs and helpers they model"
+)]
+
 #[path = "../prog_harness/mod.rs"]
 mod prog_harness;
 
@@ -34,6 +51,7 @@ mod world;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
+    fmt::Write as _,
     time::Instant,
 };
 
@@ -48,7 +66,9 @@ use datapath_common::{
     drop::DropReason,
     endpoint::{Endpoint, EpStats, LinkKey, PolicyChain, PolicyKey},
     maps,
+    overlay::Remote,
     portmap::{PortKey, PortValue},
+    ratelimit::RateLimit,
     stats::{CNT_MAX, NAMES},
 };
 use prog_harness::{enter_test_netns, ip_cmd, load_classifier, monotonic_ns, object, LpmKey};
@@ -78,6 +98,8 @@ pub struct Maps {
     links: HashMap<MapData, LinkKey, u32>,
     policy: LpmTrie<MapData, PolicyKey, PolicyChain>,
     config: Array<MapData, Config>,
+    remotes: LpmTrie<MapData, u32, Remote>,
+    ratelimit: Array<MapData, RateLimit>,
     counters: PerCpuArray<MapData, u64>,
     ep_stats: PerCpuArray<MapData, EpStats>,
 }
@@ -97,6 +119,8 @@ impl Maps {
             links: take(maps::LINKS)?.try_into()?,
             policy: take(maps::POLICY)?.try_into()?,
             config: take(maps::CONFIG)?.try_into()?,
+            remotes: take(maps::REMOTES)?.try_into()?,
+            ratelimit: take(maps::RATELIMIT)?.try_into()?,
             counters: take(maps::COUNTERS)?.try_into()?,
             ep_stats: take(maps::EP_STATS)?.try_into()?,
         })
@@ -120,6 +144,28 @@ impl Maps {
         let keys: Vec<LpmKey<PolicyKey>> = self.policy.keys().collect::<Result<_, _>>()?;
         for k in keys {
             self.policy.remove(&k)?;
+        }
+        let keys: Vec<LpmKey<u32>> = self.remotes.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            self.remotes.remove(&k)?;
+        }
+        for &(net, plen, node, vni) in &w.remotes {
+            self.remotes.insert(
+                &LpmKey::new(u32::from(plen), u32::from_ne_bytes(net)),
+                Remote {
+                    node_ip: u32::from_ne_bytes(node),
+                    vni,
+                },
+                0,
+            )?;
+        }
+        for id in EP_IDS {
+            let e = w.eps.iter().find(|e| e.id == id);
+            let rl = RateLimit {
+                egress: e.map_or_else(Default::default, |e| e.egress.bucket()),
+                ingress: e.map_or_else(Default::default, |e| e.ingress.bucket()),
+            };
+            self.ratelimit.set(id, rl, 0)?;
         }
         self.config.set(0, w.cfg, 0)?;
         for a in &w.local {
@@ -232,6 +278,8 @@ pub struct Bench<'a> {
     can_age: bool,
     /// Counters as the model expects them in the maps now.
     counters: Vec<u64>,
+    /// Cases by program, verdict and the model's last step (what the run covered).
+    paths: BTreeMap<String, u64>,
     eps: BTreeMap<u32, EpFx>,
 }
 
@@ -651,6 +699,19 @@ impl gen::Driver for Runner<'_, '_> {
                 return None;
             }
         };
+        let kind = match (&verdict, &actual) {
+            (Verdict::Refused, _) => "refused",
+            (Verdict::Ret { retval: 2, .. }, _) => "drop",
+            (Verdict::Ret { retval: 7, .. }, _) => "redirect",
+            (Verdict::Ret { frame: f, .. }, _) if *f == frame => "pass",
+            _ => "rewrite",
+        };
+        let last = trace.last().map_or("", String::as_str);
+        *self
+            .bench
+            .paths
+            .entry(format!("{} {kind:8} {}", prog.name(), class(last)))
+            .or_default() += 1;
         if self.verbose {
             println!(
                 "{line}\n      model  {:?}\n      path   {}",
@@ -686,6 +747,25 @@ impl gen::Driver for Runner<'_, '_> {
         }
     }
 
+    fn stale(&mut self, k: Key) {
+        if self.failure.is_some() {
+            return;
+        }
+        let ck = k.to_ct();
+        if let Ok(mut e) = self.bench.maps.ct.get(&ck, 0) {
+            e.last_seen_ns = coarse_ns().saturating_sub(2_000_000_000);
+            if self.bench.maps.ct.insert(ck, e, 0).is_ok() {
+                if let Some(m) = self.model.ct.get_mut(&k) {
+                    // Live again if it was aged.
+                    m.expired = false;
+                    m.stale = true;
+                }
+                self.log
+                    .push(format!("    (idle clock 2 s old: {})", k.show()));
+            }
+        }
+    }
+
     fn lose(&mut self, k: Key) {
         if self.failure.is_some() || self.bench.maps.ct.remove(&k.to_ct()).is_err() {
             return;
@@ -712,6 +792,17 @@ impl gen::Driver for Runner<'_, '_> {
     fn world(&self) -> &World {
         self.world
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE`, the clock of the datapath's `bpf_ktime_get_coarse_ns`.
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn model_reverse(k: Key, e: &Ent) -> (Key, Ent) {
@@ -765,9 +856,9 @@ fn probe_refusals(p: &SchedClassifier, ifindex: u32) -> Refusals {
             .unwrap_or(max + 1)
     };
     Refusals {
-        min_len: min(0x88b5, 64),
-        min_ipv4: min(wire::ETH_P_IP, 64),
-        min_ipv6: min(wire::ETH_P_IPV6, 80),
+        any: min(0x88b5, 64),
+        ipv4: min(wire::ETH_P_IP, 64),
+        ipv6: min(wire::ETH_P_IPV6, 80),
     }
 }
 
@@ -797,9 +888,9 @@ fn setup<'a>(bpf: &'a mut Ebpf) -> anyhow::Result<(Bench<'a>, Net)> {
     println!(
         "prog_fuzz: the kernel refuses frames under {} bytes, IPv4 under {}, IPv6 under {}; \
          aging {}",
-        refusals.min_len,
-        refusals.min_ipv4,
-        refusals.min_ipv6,
+        refusals.any,
+        refusals.ipv4,
+        refusals.ipv6,
         if can_age {
             "on"
         } else {
@@ -816,6 +907,7 @@ fn setup<'a>(bpf: &'a mut Ebpf) -> anyhow::Result<(Bench<'a>, Net)> {
         maps,
         refusals,
         can_age,
+        paths: BTreeMap::new(),
     };
     Ok((bench, net))
 }
@@ -888,20 +980,20 @@ fn differential_fuzz() -> anyhow::Result<()> {
     let start = Instant::now();
     let (mut cases, mut scenarios, mut epoch) = (0u64, 0u64, 0u64);
     while cases < target {
-        let wseed = rng::derive(seed, epoch);
-        let world = World::generate(wseed, &net);
+        let world_seed = rng::derive(seed, epoch);
+        let world = World::generate(world_seed, &net);
         bench.maps.install(&world)?;
         for i in 0..EPOCH {
-            let sseed = rng::derive(wseed, i);
+            let scenario_seed = rng::derive(world_seed, i);
             let mut runner = Runner::new(&mut bench, &world, &net, false, false);
-            gen::scenario(&mut rng::Rng::new(sseed), &mut runner);
+            gen::scenario(&mut rng::Rng::new(scenario_seed), &mut runner);
             let (n, failure) = runner.finish()?;
             cases += n;
             scenarios += 1;
             if let Some(f) = failure {
                 let f = Failure {
                     detail: format!(
-                        "TOLLGATE_FUZZ_REPLAY={wseed:#x}:{sseed:#x}\n  {}\n{}",
+                        "TOLLGATE_FUZZ_REPLAY={world_seed:#x}:{scenario_seed:#x}\n  {}\n{}",
                         world.describe(),
                         f.detail
                     ),
@@ -920,6 +1012,14 @@ fn differential_fuzz() -> anyhow::Result<()> {
         "prog_fuzz: {cases} cases in {scenarios} scenarios over {epoch} worlds, {secs:.1} s ({:.0} cases/s), seed {seed:#x}",
         cases as f64 / secs
     );
+    if std::env::var_os("TOLLGATE_FUZZ_PATHS").is_some() {
+        let mut paths: Vec<(&String, &u64)> = bench.paths.iter().collect();
+        paths.sort_by(|a, b| b.1.cmp(a.1));
+        println!("cases by program, verdict and the model's last step:");
+        for (p, n) in paths {
+            println!("{n:8}  {p}");
+        }
+    }
     if failures.is_empty() {
         return Ok(());
     }
@@ -928,10 +1028,11 @@ fn differential_fuzz() -> anyhow::Result<()> {
         failures.len()
     );
     for (sig, (n, f)) in &failures {
-        report.push_str(&format!(
+        let _ = write!(
+            report,
             "\n=== {sig} ({n} scenario(s)); first:\n{}\n",
             f.detail
-        ));
+        );
     }
     anyhow::bail!(report)
 }

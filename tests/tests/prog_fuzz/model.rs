@@ -41,7 +41,7 @@ use datapath_common::{
 
 use super::{
     wire::*,
-    world::{Ep, Fib, Map, Net, World},
+    world::{Ep, Fib, Limit, Map, Net, World},
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -130,6 +130,8 @@ pub struct Ent {
     pub packets: u64,
     pub bytes: u64,
     pub expired: bool,
+    /// Idle for more than a sixteenth of its timeout (the test set its clock back).
+    pub stale: bool,
 }
 
 /// The bits that say how packets are rewritten (state bits aside).
@@ -156,6 +158,7 @@ impl Ent {
             packets: e.packets,
             bytes: e.bytes,
             expired: false,
+            stale: false,
         }
     }
 
@@ -201,7 +204,13 @@ impl Ent {
             self.eid,
             self.packets,
             self.bytes,
-            if self.expired { " (expired)" } else { "" }
+            if self.expired {
+                " (expired)"
+            } else if self.stale {
+                " (stale)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -601,11 +610,11 @@ enum End {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Refusals {
     /// Frames shorter than this are refused, whatever they hold (Ethernet header).
-    pub min_len: usize,
+    pub any: usize,
     /// IPv4 frames shorter than this are refused.
-    pub min_ipv4: usize,
+    pub ipv4: usize,
     /// IPv6 frames shorter than this are refused.
-    pub min_ipv6: usize,
+    pub ipv6: usize,
 }
 
 pub struct Model<'a> {
@@ -640,9 +649,9 @@ impl<'a> Model<'a> {
         } else {
             0
         };
-        if frame.len() < self.refusals.min_len
-            || (ethertype == ETH_P_IP && frame.len() < self.refusals.min_ipv4)
-            || (ethertype == ETH_P_IPV6 && frame.len() < self.refusals.min_ipv6)
+        if frame.len() < self.refusals.any
+            || (ethertype == ETH_P_IP && frame.len() < self.refusals.ipv4)
+            || (ethertype == ETH_P_IPV6 && frame.len() < self.refusals.ipv6)
         {
             return (
                 Verdict::Refused,
@@ -671,19 +680,32 @@ impl<'a> Model<'a> {
                     let e = self.fx.ep.entry(ep.id).or_default();
                     e.tx_packets += 1;
                     e.tx_bytes += rw.len;
-                    let res = self.from_container(&mut rw, &ep);
+                    // The egress limit first, on everything but ARP.
+                    let res = if ep.egress == Limit::Shut && ethertype != ETH_P_ARP {
+                        rw.note(format!("c{}: over its egress limit", ep.id));
+                        Err(DropReason::RateLimit.into())
+                    } else {
+                        self.from_container(&mut rw, &ep)
+                    };
                     self.tc_for(&mut rw, res, ep.id)
                 }
             },
-            Prog::ToContainer => {
-                if let Some(ep) = self.w.ep_by_ifindex(ifindex) {
+            Prog::ToContainer => match self.w.ep_by_ifindex(ifindex) {
+                Some(ep) => {
                     let e = self.fx.ep.entry(ep.id).or_default();
                     e.rx_packets += 1;
                     e.rx_bytes += rw.len;
                     rw.note(format!("to_container: rx of c{}", ep.id));
+                    let res = if ep.ingress == Limit::Shut && ethertype != ETH_P_ARP {
+                        rw.note("over its ingress limit");
+                        Err(DropReason::RateLimit.into())
+                    } else {
+                        Ok(TC_ACT_OK)
+                    };
+                    self.tc_for(&mut rw, res, ep.id)
                 }
-                TC_ACT_OK
-            }
+                None => TC_ACT_OK,
+            },
             Prog::FromOverlay => {
                 rw.note("from_overlay: no tunnel key under BPF_PROG_TEST_RUN: NoMapping");
                 self.tc_for(&mut rw, Err(DropReason::NoMapping.into()), 0)
@@ -735,7 +757,7 @@ impl<'a> Model<'a> {
         };
         let f = flow_of(key, &e);
         let same_direction =
-            !(pkt.proto == proto::ICMP) || (e.flags & CT_REPLY != 0) == (pkt.icmp_type == 0);
+            (pkt.proto != proto::ICMP) || (e.flags & CT_REPLY != 0) == (pkt.icmp_type == 0);
         if !same_direction {
             Ct::Crossed(f)
         } else if e.flags & CT_CLOSING != 0 && pkt.proto == proto::TCP && pkt.opens_flow() {
@@ -813,12 +835,12 @@ impl<'a> Model<'a> {
     }
 
     /// Whether a packet through live half `k` syncs the other half (looks it up, recreating
-    /// it if lost, refreshes both): it changes the flow's state. (Also when `k`'s clock is
-    /// older than a sixteenth of its timeout, at most 1 s: scenarios take microseconds; a
-    /// half lost meanwhile is handled by `lost`.)
+    /// it if lost, refreshes both): it changes the flow's state, or `k`'s idle clock is older
+    /// than a sixteenth of its timeout, at most 1 s (`stale`; scenarios take microseconds, and
+    /// a half lost while the test was descheduled that long is handled by `lost`).
     fn needs_sync(&self, k: &Key, pkt: &Pkt) -> bool {
         let e = &self.ct[k];
-        pkt.closes_flow() || (e.flags & CT_REPLY != 0 && e.flags & CT_SEEN_REPLY == 0)
+        pkt.closes_flow() || (e.flags & CT_REPLY != 0 && e.flags & CT_SEEN_REPLY == 0) || e.stale
     }
 
     /// The other half when the packet syncs it (ensured). Second: the half's own entry as it
@@ -837,21 +859,24 @@ impl<'a> Model<'a> {
     }
 
     fn touch(&mut self, k: Key, other: Option<Key>, pkt: &Pkt, len: u64, stale: Option<Ent>) {
-        let ef = match stale {
-            // The counters go to the detached entry.
-            Some(se) => se.flags,
-            None => {
-                let e = self.ct.get_mut(&k).expect("touched half exists");
-                e.packets += 1;
-                e.bytes += len;
-                e.flags
-            }
+        // With a detached entry, the counters go to it.
+        let ef = if let Some(se) = stale {
+            se.flags
+        } else {
+            let e = self.ct.get_mut(&k).expect("touched half exists");
+            e.packets += 1;
+            e.bytes += len;
+            e.flags
         };
         let Some(o) = other else { return };
         if stale.is_none() {
-            self.ct.get_mut(&k).unwrap().expired = false;
+            let e = self.ct.get_mut(&k).unwrap();
+            e.expired = false;
+            e.stale = false;
         }
-        self.ct.get_mut(&o).expect("other half exists").expired = false;
+        let oe = self.ct.get_mut(&o).expect("other half exists");
+        oe.expired = false;
+        oe.stale = false;
         let mut set = 0;
         if ef & CT_REPLY != 0 && ef & CT_SEEN_REPLY == 0 {
             set |= CT_SEEN_REPLY;
@@ -889,7 +914,7 @@ impl<'a> Model<'a> {
 
     /// One end of the packet becomes `ip:port`: addresses in the IPv4 header (and the
     /// TCP/UDP pseudo-header), the port (ICMP: the echo identifier).
-    fn rewrite(&mut self, rw: &mut Rw, pkt: &mut Pkt, end: End, ip: [u8; 4], port: u16) {
+    fn rewrite(rw: &mut Rw, pkt: &mut Pkt, end: End, ip: [u8; 4], port: u16) {
         let icmp = pkt.proto == proto::ICMP;
         let (addr_off, mut port_off, old_ip, old_port) = match end {
             End::Src => (26, pkt.l4_off, pkt.saddr, pkt.sport),
@@ -948,20 +973,20 @@ impl<'a> Model<'a> {
     }
 
     /// `nat::apply`: the rewrite entry `e` stands for.
-    fn apply(&mut self, rw: &mut Rw, pkt: &mut Pkt, e: &Ent) {
+    fn apply(rw: &mut Rw, pkt: &mut Pkt, e: &Ent) {
         if e.flags & CT_REPLY != 0 {
             if e.flags & CT_SNAT != 0 {
-                self.rewrite(rw, pkt, End::Src, e.nat_saddr, e.nat_sport);
+                Self::rewrite(rw, pkt, End::Src, e.nat_saddr, e.nat_sport);
             }
             if e.flags & CT_DNAT != 0 {
-                self.rewrite(rw, pkt, End::Dst, e.nat_daddr, e.nat_dport);
+                Self::rewrite(rw, pkt, End::Dst, e.nat_daddr, e.nat_dport);
             }
         } else {
             if e.flags & CT_DNAT != 0 {
-                self.rewrite(rw, pkt, End::Dst, e.nat_daddr, e.nat_dport);
+                Self::rewrite(rw, pkt, End::Dst, e.nat_daddr, e.nat_dport);
             }
             if e.flags & CT_SNAT != 0 {
-                self.rewrite(rw, pkt, End::Src, e.nat_saddr, e.nat_sport);
+                Self::rewrite(rw, pkt, End::Src, e.nat_saddr, e.nat_sport);
             }
         }
     }
@@ -1010,13 +1035,13 @@ impl<'a> Model<'a> {
 
     /// `redirect::into_container`: the inbound fast path into the container (MACs from the
     /// FIB, its rx counters), else `forward`.
-    fn into_container(&mut self, rw: &mut Rw, pkt: &Pkt) -> u32 {
+    fn into_container(&mut self, rw: &mut Rw, pkt: &Pkt) -> R<u32> {
         if pkt.ttl <= 1 {
-            return self.forward(rw, pkt);
+            return Ok(self.forward(rw, pkt));
         }
         let Some(ep) = self.w.endpoint(pkt.daddr) else {
             rw.note("into_container: not a container");
-            return self.forward(rw, pkt);
+            return Ok(self.forward(rw, pkt));
         };
         match self.net.fib(pkt.daddr) {
             Fib::Resolved {
@@ -1028,13 +1053,18 @@ impl<'a> Model<'a> {
                 let e = self.fx.ep.entry(ep.id).or_default();
                 e.rx_packets += 1;
                 e.rx_bytes += rw.len;
+                // What to_container would do, its hook being skipped.
+                if ep.ingress == Limit::Shut {
+                    rw.note("over its ingress limit");
+                    return Err(DropReason::RateLimit.into());
+                }
                 Self::decrement_ttl(rw, pkt);
                 rw.out[0..6].copy_from_slice(&dmac);
                 rw.out[6..12].copy_from_slice(&smac);
                 self.fx.count(CNT_REDIRECT_PEER);
-                TC_ACT_REDIRECT
+                Ok(TC_ACT_REDIRECT)
             }
-            _ => self.forward(rw, pkt),
+            _ => Ok(self.forward(rw, pkt)),
         }
     }
 
@@ -1100,11 +1130,11 @@ impl<'a> Model<'a> {
             }
         };
         let e = stale.unwrap_or(self.ct[&k]);
-        self.apply(rw, &mut pkt, &e);
+        Self::apply(rw, &mut pkt, &e);
         self.touch(k, other, &pkt, rw.len, stale);
         if let Some(c) = counter {
             self.fx.count(c);
-            return Ok(self.into_container(rw, &pkt));
+            return self.into_container(rw, &pkt);
         }
         Ok(TC_ACT_OK)
     }
@@ -1149,7 +1179,7 @@ impl<'a> Model<'a> {
         put_ip(&mut rw.out, 30, e.nat_daddr);
         let ihl = usize::from(rw.out[14] & 0x0f) * 4;
         rw.region(Region::Ip { off: 14, len: ihl });
-        self.inner_rewrite(rw, pkt, &inner, End::Src, e.nat_daddr, e.nat_dport);
+        Self::inner_rewrite(rw, pkt, &inner, End::Src, e.nat_daddr, e.nat_dport);
         self.fx.count(CNT_ICMP_ERR_XLATED);
         Ok(())
     }
@@ -1185,7 +1215,7 @@ impl<'a> Model<'a> {
         let ihl = usize::from(rw.out[14] & 0x0f) * 4;
         rw.region(Region::Ip { off: 14, len: ihl });
         pkt.saddr = e.nat_saddr;
-        self.inner_rewrite(rw, pkt, &inner, End::Dst, e.nat_saddr, e.nat_sport);
+        Self::inner_rewrite(rw, pkt, &inner, End::Dst, e.nat_saddr, e.nat_sport);
         self.fx.count(CNT_ICMP_ERR_XLATED);
         Ok(())
     }
@@ -1193,15 +1223,7 @@ impl<'a> Model<'a> {
     /// One end of the quoted packet becomes `ip:port`, every checksum inside the error that
     /// covers it kept right: the quoted IPv4 header's, the quoted L4 checksum when it lies
     /// inside the quote (UDP: unless 0), and the ICMP checksum over all of them.
-    fn inner_rewrite(
-        &mut self,
-        rw: &mut Rw,
-        pkt: &Pkt,
-        inner: &Inner,
-        end: End,
-        ip: [u8; 4],
-        port: u16,
-    ) {
+    fn inner_rewrite(rw: &mut Rw, pkt: &Pkt, inner: &Inner, end: End, ip: [u8; 4], port: u16) {
         let stop = pkt.end;
         let (addr_off, port_off) = match end {
             End::Src => (12, 0),
@@ -1272,6 +1294,12 @@ impl<'a> Model<'a> {
             Err(Skip::OtherProto) => {
                 rw.note(format!("c{}: untracked protocol {protocol}: judged", ep.id));
                 let peer = self.w.endpoint(daddr);
+                if peer.is_none() {
+                    if let Some((node, vni)) = self.w.remote(daddr) {
+                        self.to_remote(ep, vni, daddr, protocol, 0)?;
+                        return Ok(self.encap(rw, node, vni));
+                    }
+                }
                 self.policy_new_flow(ep, peer.as_ref(), daddr, protocol, 0)?;
                 return Err(Skip::OtherProto.into());
             }
@@ -1316,7 +1344,7 @@ impl<'a> Model<'a> {
         };
         let k = f.key;
         let e = stale.unwrap_or(self.ct[&k]);
-        self.apply(rw, &mut pkt, &e);
+        Self::apply(rw, &mut pkt, &e);
         self.touch(k, other, &pkt, rw.len, stale);
         if let Some(c) = counter {
             self.fx.count(c);
@@ -1328,6 +1356,9 @@ impl<'a> Model<'a> {
             rw.out[6..12].copy_from_slice(&d);
             return Ok(TC_ACT_REDIRECT);
         }
+        if let Some((node, vni)) = self.w.remote(pkt.daddr) {
+            return Ok(self.encap(rw, node, vni));
+        }
         let node_source = matches!(
             (f.kind, f.half),
             (Kind::PortMap | Kind::Hairpin, Half::Reply) | (Kind::Masq, Half::Original)
@@ -1336,6 +1367,29 @@ impl<'a> Model<'a> {
             return Ok(self.forward(rw, &pkt));
         }
         Ok(TC_ACT_OK)
+    }
+
+    /// Into the overlay: the frame is unchanged (the tunnel key is metadata), redirected to
+    /// the VXLAN device.
+    fn encap(&mut self, rw: &mut Rw, node: [u8; 4], vni: u32) -> u32 {
+        rw.note(format!("overlay: to node {} vni {vni}", ip_str(node)));
+        self.fx.count(CNT_OVERLAY_TX);
+        TC_ACT_REDIRECT
+    }
+
+    /// A flow with a container of another node: that network's ICC, then the egress rules.
+    fn to_remote(
+        &self,
+        ep: &Ep,
+        vni: u32,
+        daddr: [u8; 4],
+        proto: u8,
+        dport: u16,
+    ) -> Result<(), DropReason> {
+        if !(vni != 0 && ep.net == vni && ep.flags & EP_NET_ICC != 0) {
+            return Err(DropReason::Icc);
+        }
+        self.egress(ep, daddr, proto, dport)
     }
 
     /// A container's packet with no live entry: judged, and both halves created.
@@ -1347,6 +1401,15 @@ impl<'a> Model<'a> {
         ep: &Ep,
     ) -> R<(Key, Key, Option<u32>)> {
         let peer = self.w.endpoint(pkt.daddr);
+        if peer.is_none() {
+            if let Some((_, vni)) = self.w.remote(pkt.daddr) {
+                // Tracked from any packet: the other node judged the flow's opening.
+                rw.note(format!("to another node's container (vni {vni})"));
+                self.to_remote(ep, vni, pkt.daddr, pkt.proto, pkt.dport)?;
+                let (k, o) = self.create(key, Ent::new(0, ep.id));
+                return Ok((k, o, None));
+            }
+        }
         if !pkt.opens_flow() {
             rw.note("opens no flow");
             if self.w.is_local(pkt.daddr) {

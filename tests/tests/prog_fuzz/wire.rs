@@ -467,10 +467,10 @@ fn valid_ipv4(ip: &[u8], what: &str) -> Result<(), String> {
                 return valid_ipv4(&l4[8..], "quoted ");
             }
         }
-        proto::TCP if l4.len() >= 20 => {
-            if residual(&[&pseudo(src, dst, proto::TCP, l4.len()), l4]) != 0 {
-                return Err(format!("{what}TCP checksum"));
-            }
+        proto::TCP
+            if l4.len() >= 20 && residual(&[&pseudo(src, dst, proto::TCP, l4.len()), l4]) != 0 =>
+        {
+            return Err(format!("{what}TCP checksum"));
         }
         proto::UDP if l4.len() >= 8 && be16_at(l4, 6) != 0 => {
             let ulen = usize::from(be16_at(l4, 4));

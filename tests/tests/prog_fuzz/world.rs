@@ -49,6 +49,14 @@ pub const C4: [u8; 4] = [10, 254, 0, 14];
 pub const GW4: [u8; 4] = [10, 254, 0, 13];
 pub const GHOST: [u8; 4] = [10, 254, 0, 18];
 pub const POOL_OTHER: [u8; 4] = [10, 254, 1, 50];
+/// Containers of other nodes (cluster mode), in the prefixes of `REMOTES`.
+pub const REMOTE5: [u8; 4] = [10, 254, 2, 7];
+pub const REMOTE7: [u8; 4] = [10, 254, 3, 9];
+/// Other nodes' container prefixes: prefix, length, node, VNI (the network's id).
+pub const REMOTES: &[([u8; 4], u8, [u8; 4], u32)] = &[
+    ([10, 254, 2, 0], 24, [192, 0, 2, 50], 5),
+    ([10, 254, 3, 0], 25, [192, 0, 2, 51], 7),
+];
 pub const GHOST_ID: u32 = 9;
 
 /// Addresses outside the node, by how likely a scenario picks them.
@@ -77,6 +85,8 @@ pub const ALL: &[[u8; 4]] = &[
     GW4,
     GHOST,
     POOL_OTHER,
+    REMOTE5,
+    REMOTE7,
 ];
 /// Ports the published ones and the policy rules use, to make hits likely.
 pub const PORTS: &[u16] = &[
@@ -248,6 +258,28 @@ impl Net {
     }
 }
 
+/// A container's rate limit in one direction, chosen so that the verdict does not depend on
+/// timing: none, one no packet here can exceed, or one every packet (but ARP) exceeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    None,
+    Open,
+    Shut,
+}
+
+impl Limit {
+    pub fn bucket(self) -> datapath_common::ratelimit::TokenBucket {
+        use datapath_common::ratelimit::TokenBucket;
+        match self {
+            Limit::None => TokenBucket::default(),
+            // 1 TB/s with a second of burst: a few MB of test frames never run it dry.
+            Limit::Open => TokenBucket::new(8_000_000_000_000, 1_000_000_000_000),
+            // 1 B/s with a 1-byte burst: no frame conforms.
+            Limit::Shut => TokenBucket::new(8, 1),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Ep {
     pub id: u32,
@@ -257,6 +289,8 @@ pub struct Ep {
     pub ifindex: u32,
     pub flags: u32,
     pub net: u32,
+    pub egress: Limit,
+    pub ingress: Limit,
 }
 
 /// A port map, ports in host order; `host == [0; 4]`: every local address.
@@ -282,6 +316,8 @@ pub struct World {
     pub links: Vec<(u32, u32)>,
     /// Egress chains by (container id, prefix, length), rules in order.
     pub policy: BTreeMap<(u32, [u8; 4], u8), Vec<PolicyRule>>,
+    /// Other nodes' prefixes (`TG_REMOTES`), used when `cfg.overlay_ifindex` is set.
+    pub remotes: Vec<([u8; 4], u8, [u8; 4], u32)>,
 }
 
 pub const TIMEOUTS: (u32, u32, u32, u32, u32) = (60, 600, 10, 60, 30);
@@ -316,6 +352,8 @@ impl World {
                 ifindex: ifx(DEVS[i]),
                 flags: 0,
                 net: 0,
+                egress: Limit::None,
+                ingress: Limit::None,
             })
             .collect();
         let map = |host: [u8; 4], port: u16, proto: u8, e: Ep, cport: u16| Map {
@@ -339,6 +377,7 @@ impl World {
             local: vec![HOST, GW1, GW2, GW3, GW4],
             links: Vec::new(),
             policy: BTreeMap::new(),
+            remotes: Vec::new(),
         }
     }
 
@@ -389,6 +428,12 @@ impl World {
             if r.chance(if i == 2 { 0.6 } else { 0.15 }) {
                 flags |= EP_EGRESS_DENY;
             }
+            let mut limit = || match r.below(40) {
+                0 => Limit::Shut,
+                1..=6 => Limit::Open,
+                _ => Limit::None,
+            };
+            let (egress, ingress) = (limit(), limit());
             eps.push(Ep {
                 id: i as u32 + 1,
                 ip,
@@ -397,6 +442,8 @@ impl World {
                 ifindex: ifx(DEVS[i]),
                 flags,
                 net: netid,
+                egress,
+                ingress,
             });
         }
         // Containers of one network share its flags (the agent writes them per network).
@@ -483,9 +530,11 @@ impl World {
                 (HOST, 32),
                 ([192, 0, 2, 0], 24),
                 (UNROUTED, 32),
+                ([10, 254, 2, 0], 24),
+                (REMOTE7, 32),
             ]);
             let mut rules = Vec::new();
-            for _ in 0..1 + r.below(5) {
+            for _ in 0..=r.below(5) {
                 let proto = *r.pick(&[0, 0, proto::TCP, proto::UDP, proto::ICMP, IPPROTO_SCTP]);
                 let (lo, hi) = *r.pick(&[
                     (0, 0),
@@ -512,6 +561,12 @@ impl World {
             }
             policy.insert((id, masked(net, plen), plen), rules);
         }
+        let mut remotes = Vec::new();
+        if r.chance(0.4) {
+            // Cluster mode: the overlay device (any ifindex: the redirect is not carried out).
+            cfg.overlay_ifindex = ifx("tgt1");
+            remotes = REMOTES.to_vec();
+        }
         World {
             seed,
             cfg,
@@ -520,6 +575,7 @@ impl World {
             maps,
             links,
             policy,
+            remotes,
         }
     }
 
@@ -550,6 +606,18 @@ impl World {
             return None;
         }
         find([0; 4])
+    }
+
+    /// `overlay::remote_for`: the other node (and VNI) holding `ip`, in cluster mode.
+    pub fn remote(&self, ip: [u8; 4]) -> Option<([u8; 4], u32)> {
+        if self.cfg.overlay_ifindex == 0 {
+            return None;
+        }
+        self.remotes
+            .iter()
+            .filter(|(p, l, _, _)| in_prefix(ip, *p, *l))
+            .max_by_key(|(_, l, _, _)| *l)
+            .map(|&(_, _, node, vni)| (node, vni))
     }
 
     pub fn linked(&self, from: u32, to: u32) -> bool {
@@ -588,14 +656,20 @@ impl World {
     }
 
     pub fn describe(&self) -> String {
-        let ep = |e: &Ep| format!("c{}(net {} flags {})", e.id, e.net, e.flags);
+        let ep = |e: &Ep| {
+            format!(
+                "c{}(net {} flags {} limits {:?}/{:?})",
+                e.id, e.net, e.flags, e.egress, e.ingress
+            )
+        };
         format!(
-            "world {:#x}: icc {}, snat {}, nat {}..{}, eps [{}], links {:?}, {} chains, {} maps",
+            "world {:#x}: icc {}, snat {}, nat {}..{}, overlay {}, eps [{}], links {:?}, {} chains, {} maps",
             self.seed,
             self.cfg.flags & CFG_ICC != 0,
             super::wire::ip_str(self.snat_ip()),
             self.cfg.nat_port_min,
             self.cfg.nat_port_max,
+            self.cfg.overlay_ifindex != 0,
             self.eps.iter().map(ep).collect::<Vec<_>>().join(" "),
             self.links,
             self.policy.len(),
