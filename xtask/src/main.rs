@@ -8,6 +8,8 @@
 //! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
 //!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
+//! - `cargo xtask bench cni [--quick] [--runs N] [--others N] ...`: podman on Tollgate
+//!   (through `tollgate-cni`) against podman on bridge + portmap, in one sandbox.
 
 mod bench;
 // `bench ratelimit` sits beside the main bench's modules but is dispatched from `main`, so the
@@ -81,10 +83,21 @@ struct RatelimitCli {
     args: bench_ratelimit::RatelimitArgs,
 }
 
+/// `cargo xtask bench cni [--quick] [--runs N] [--others N] [--ports-per-other N] ...`.
+#[derive(Parser)]
+#[command(name = "cargo xtask bench cni")]
+struct CniCli {
+    #[command(flatten)]
+    args: bench::cni::CniArgs,
+}
+
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
-    let result = if raw.get(1..3) == Some(&["bench".to_string(), "ratelimit".to_string()]) {
+    let sub = raw.get(1..3);
+    let result = if sub == Some(&["bench".to_string(), "ratelimit".to_string()]) {
         bench_ratelimit::run(&RatelimitCli::parse_from(&raw[2..]).args)
+    } else if sub == Some(&["bench".to_string(), "cni".to_string()]) {
+        bench::cni::run(&CniCli::parse_from(&raw[2..]).args)
     } else {
         match Cli::parse().task {
             Task::Setup => setup::run(),
@@ -175,6 +188,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_cni_flags() {
+        let cli = CniCli::try_parse_from(["cni", "--quick", "--others", "3", "--docs"]).unwrap();
+        assert!(cli.args.quick && cli.args.docs);
+        assert_eq!(cli.args.others, Some(3));
+        assert!(CniCli::try_parse_from(["cni", "--bogus"]).is_err());
     }
 
     #[test]
