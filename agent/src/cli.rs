@@ -43,9 +43,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Containers: namespace, veth pair and a /30 of the pool.
+    /// Containers: namespace, veth pair and a /30 of their network's subnet.
     #[command(subcommand)]
     Container(ContainerCmd),
+    /// Networks: subnets whose containers reach each other (ICC) and no other network's.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Port maps (DNAT), Docker `-p` syntax.
     #[command(subcommand)]
     Port(PortCmd),
@@ -79,6 +82,17 @@ pub enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    ///
+    /// For example `tollgate completions bash > ~/.local/share/bash-completion/completions/tollgate`;
+    /// the Debian package installs those of bash, zsh and fish.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// (internal) Write the man pages of tollgate, its subcommands and tollgate-cni into DIR.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -149,15 +163,44 @@ pub enum ContainerCmd {
         /// Use this existing namespace (a path such as /run/netns/foo) instead of creating tg-NAME.
         #[arg(long)]
         netns: Option<PathBuf>,
-        /// Ask for this container address (the .2 of a free /30 of the pool).
+        /// Ask for this container address (the .2 of a free /30 of its network's subnet).
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Join this network (default: `default`, the daemon's --pool).
+        #[arg(long)]
+        network: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Delete a container network with its port maps and conntrack entries.
     Del { name: String },
     /// List containers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a network; prints its subnet. Its containers reach each other (unless --no-icc) and no other network's (links and published ports still cross).
+    Create {
+        name: String,
+        /// Its subnet (default: a free /24 of 10.90.0.0/16); must not overlap another network's.
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<String>,
+        /// Its containers may not reach each other by IP.
+        #[arg(long)]
+        no_icc: bool,
+        /// No masquerade and no way out of the node; its containers' ports cannot be published.
+        #[arg(long)]
+        internal: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a network (refused while containers are attached; `default` always exists).
+    Rm { name: String },
+    /// List networks: name, subnet, scope, vni, icc, internal, containers.
     List {
         #[arg(long)]
         json: bool,

@@ -12,7 +12,9 @@ use crate::{
         types::{self as api, path, paths},
         Client,
     },
-    cli::{Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, LimitCmd, PolicyCmd, PortCmd},
+    cli::{
+        Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, LimitCmd, NetworkCmd, PolicyCmd, PortCmd,
+    },
     model::{Action, AddSpec, DelSpec, Rate, RuleSpec},
     node::{CtTimeouts, Settings},
 };
@@ -34,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Container(c) => container(&Client::new(sock)?, c),
+        Cmd::Network(n) => network(&Client::new(sock)?, n),
         Cmd::Port(p) => port(&Client::new(sock)?, p),
         Cmd::Conntrack(c) => conntrack(&Client::new(sock)?, c),
         Cmd::Policy(p) => policy(&Client::new(sock)?, p),
@@ -41,6 +44,16 @@ pub fn run(cli: Cli) -> Result<()> {
             stats(&Client::new(sock)?, name.as_deref(), json, watch)
         }
         Cmd::Limit(l) => limit(&Client::new(sock)?, l),
+        Cmd::Completions { shell } => {
+            crate::cli_docs::completions(shell);
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            for page in crate::cli_docs::man_pages(&dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -115,10 +128,18 @@ fn container(client: &Client, c: ContainerCmd) -> Result<()> {
             name,
             netns,
             ip,
+            network,
             json,
         } => {
-            let v: api::ContainerInfo =
-                client.post(paths::CONTAINERS, &api::ContainerCreate { name, netns, ip })?;
+            let v: api::ContainerInfo = client.post(
+                paths::CONTAINERS,
+                &api::ContainerCreate {
+                    name,
+                    netns,
+                    ip,
+                    network,
+                },
+            )?;
             if json {
                 print_json(&v);
             } else {
@@ -148,12 +169,78 @@ fn container(client: &Client, c: ContainerCmd) -> Result<()> {
                             c.name.clone(),
                             format!("{}/{}", c.ip, c.prefix_len),
                             c.gateway.to_string(),
+                            c.network.clone(),
                             c.host_ifname.clone(),
                             c.netns.display().to_string(),
                         ]
                     })
                     .collect();
-                table(&["NAME", "IP", "GATEWAY", "VETH", "NETNS"], rows);
+                table(&["NAME", "IP", "GATEWAY", "NETWORK", "VETH", "NETNS"], rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn network(client: &Client, n: NetworkCmd) -> Result<()> {
+    match n {
+        NetworkCmd::Create {
+            name,
+            subnet,
+            no_icc,
+            internal,
+            json,
+        } => {
+            let v: api::NetworkInfo = client.post(
+                paths::NETWORKS,
+                &api::NetworkCreate {
+                    name,
+                    subnet,
+                    no_icc,
+                    internal,
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", v.subnet);
+            }
+        }
+        NetworkCmd::Rm { name } => {
+            let _: api::NetworkDeleted =
+                client.delete(&path(paths::NETWORK, &name), None::<&()>)?;
+        }
+        NetworkCmd::List { json } => {
+            let v: Vec<api::NetworkInfo> = client.get(paths::NETWORKS)?;
+            if json {
+                print_json(&v);
+            } else {
+                let rows = v
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.subnet.clone(),
+                            n.scope.clone(),
+                            opt(n.vni),
+                            if n.icc { "on" } else { "off" }.to_string(),
+                            if n.internal { "yes" } else { "no" }.to_string(),
+                            n.containers.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NAME",
+                        "SUBNET",
+                        "SCOPE",
+                        "VNI",
+                        "ICC",
+                        "INTERNAL",
+                        "CONTAINERS",
+                    ],
+                    rows,
+                );
             }
         }
     }

@@ -128,6 +128,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
                 name: name.clone(),
                 netns: None,
                 ip: None,
+                network: None,
             },
         )?;
         let ns = c.netns.display().to_string();

@@ -9,12 +9,18 @@
 //! - `datapath`: what the kernel does (`Datapath` trait: aya + netlink, in-memory);
 //! - `server`: the API routes and `/metrics` over the node (axum), and the daemon's start-up.
 //!
-//! Beside them: `api::client` and `commands` (the CLI side), `cni` (the CNI plugin, a client
+//! Beside `store`: `cluster`, the cluster store (networks, node membership and address blocks
+//! in etcd, for `--cluster`), which `node` calls and which uses only `model`.
+//!
+//! Beside them: `api::client` and `commands` (the CLI side; `cli_docs`: its completions and man
+//! pages), `cni` (the CNI plugin, a client
 //! of the API), `netlink` and `netns` (used by
 //! the kernel datapath, the demo and `reset`).
 
 pub mod api;
 pub mod cli;
+pub mod cli_docs;
+pub mod cluster;
 pub mod cni;
 pub mod commands;
 pub mod datapath;

@@ -34,7 +34,9 @@ pub struct Config {
     pub ct_tcp_close_s: u32,
     pub ct_udp_s: u32,
     pub ct_icmp_s: u32,
-    pub _pad: u32,
+    /// ifindex of the overlay's VXLAN device (cluster mode), 0 without one: traffic to a
+    /// `TG_REMOTES` prefix is encapsulated and redirected to it.
+    pub overlay_ifindex: u32,
 }
 
 pub const NAT_PORT_MIN_DEFAULT: u16 = 20_000;

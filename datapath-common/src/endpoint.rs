@@ -8,6 +8,12 @@ pub const ADDR_LOOPBACK: u32 = 4;
 /// `Endpoint.flags`: the default stance for new outbound flows is deny
 /// (`policy egress NAME deny`).
 pub const EP_EGRESS_DENY: u32 = 1;
+/// `Endpoint.flags`: containers of this endpoint's network reach each other (a user-created
+/// network without `--no-icc`; the `default` network, `net` 0, follows `CFG_ICC` instead).
+pub const EP_NET_ICC: u32 = 2;
+/// `Endpoint.flags`: its network is `--internal`: no new flow leaves for anything but another
+/// container or the node.
+pub const EP_NET_INTERNAL: u32 = 4;
 
 /// Value of `TG_ENDPOINTS` (keyed by the container's IPv4 address, network order) and of
 /// `TG_EP_BY_IF` (keyed by the host veth's ifindex).
@@ -25,7 +31,9 @@ pub struct Endpoint {
     pub flags: u32,
     /// The container's address, network order (anti-spoofing compares the source to it).
     pub ip: u32,
-    pub _pad: u32,
+    /// Its network's id (0: `default`). Containers of different networks are isolated from
+    /// each other; links and published ports still cross.
+    pub net: u32,
 }
 
 /// Value of `TG_EP_L2` (an array by endpoint id): the Ethernet addresses frames into a

@@ -34,6 +34,10 @@ pub const EP_L2: &str = "TG_EP_L2";
 /// Two per-CPU `CtEntry` slots where the datapath builds new conntrack entries before
 /// inserting them (no agent use; pinned like the rest so `bpftool` finds it by name).
 pub const CT_SCRATCH: &str = "TG_CT_SCRATCH";
+/// Container prefixes of other nodes (cluster mode): LPM `Key<u32>` (address, network order)
+/// -> `overlay::Remote`. Agent writes from the cluster store; `from_container` and
+/// `from_overlay` read.
+pub const REMOTES: &str = "TG_REMOTES";
 
 pub const PORTMAP_MAX: u32 = 131_072;
 pub const LOCAL_ADDRS_MAX: u32 = 4_096;
@@ -42,6 +46,7 @@ pub const CONNTRACK_MAX_DEFAULT: u32 = 262_144;
 pub const SOCK_REVNAT_MAX: u32 = 65_536;
 pub const LINKS_MAX: u32 = 65_536;
 pub const POLICY_MAX: u32 = 65_536;
+pub const REMOTES_MAX: u32 = 16_384;
 
 /// Every map the datapath pins, so the agent can pin, reopen and remove them by name.
 pub const ALL: &[&str] = &[
@@ -60,4 +65,5 @@ pub const ALL: &[&str] = &[
     COUNTERS,
     EP_L2,
     CT_SCRATCH,
+    REMOTES,
 ];

@@ -39,9 +39,13 @@ pub const CNT_REDIRECT_FALLBACK: u32 = 23;
 pub const CNT_DROP_REWRITE: u32 = 24;
 pub const CNT_DROP_CONNTRACK: u32 = 25;
 pub const CNT_DROP_REDIRECT: u32 = 26;
+/// Packets encapsulated into the overlay (`from_container`) and received from it
+/// (`from_overlay`, delivered to a container).
+pub const CNT_OVERLAY_TX: u32 = 27;
+pub const CNT_OVERLAY_RX: u32 = 28;
 pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 27] = [
+pub const NAMES: [&str; 29] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -69,6 +73,8 @@ pub const NAMES: [&str; 27] = [
     "drop_rewrite",
     "drop_conntrack",
     "drop_redirect",
+    "overlay_tx",
+    "overlay_rx",
 ];
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 //! and the port map published on an address. Every hook and module asks here; none reads
 //! those maps itself.
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use datapath_common::{
     endpoint::Endpoint,
+    overlay::Remote,
     portmap::{PortKey, PortValue},
 };
 
-use crate::maps::{TG_ENDPOINTS, TG_EP_BY_IF, TG_LOCAL_ADDRS, TG_PORTMAP};
+use crate::maps::{TG_ENDPOINTS, TG_EP_BY_IF, TG_LOCAL_ADDRS, TG_PORTMAP, TG_REMOTES};
 
 /// The container that owns `ip`, if any.
 #[inline(always)]
@@ -51,4 +53,11 @@ pub fn published(daddr: u32, dport: u16, proto: u8) -> Option<PortValue> {
     key.host_ip = 0;
     // SAFETY: as above.
     TG_PORTMAP.get_ptr(key).map(|v| unsafe { *v })
+}
+
+/// The node (and VNI) holding the container prefix `ip` is in, if another node holds one
+/// (cluster mode; the map is empty otherwise).
+#[inline(always)]
+pub fn remote(ip: u32) -> Option<Remote> {
+    TG_REMOTES.get(&Key::new(32, ip)).copied()
 }

@@ -12,8 +12,9 @@ use datapath_common::{
     endpoint::{Endpoint, EpL2, EpStats, LinkKey, PolicyChain, PolicyKey},
     maps::{
         CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, LINKS_MAX, LOCAL_ADDRS_MAX, POLICY_MAX, PORTMAP_MAX,
-        SOCK_REVNAT_MAX,
+        REMOTES_MAX, SOCK_REVNAT_MAX,
     },
+    overlay::Remote,
     portmap::{PortKey, PortValue},
     ratelimit::RateLimit,
     sock::{SockRevKey, SockRevValue},
@@ -100,3 +101,8 @@ pub static TG_COUNTERS: PerCpuArray<u64, { CNT_MAX as usize }> = PerCpuArray::ne
 
 /// The key type of `TG_POLICY` lookups.
 pub type PolicyLpmKey = Key<PolicyKey>;
+
+/// Container prefixes of other nodes (cluster mode) -> node and VNI. Agent writes from the
+/// cluster store; `from_container` (encapsulation) and `from_overlay` (source check) read.
+#[btf_map]
+pub static TG_REMOTES: LpmTrie<u32, Remote, { REMOTES_MAX as usize }> = LpmTrie::new();

@@ -17,6 +17,8 @@ pub unsafe trait Zeroable: Copy {}
 unsafe impl Zeroable for datapath_common::conntrack::CtKey {}
 // SAFETY: a kernel parameter block of integers, integer arrays and unions of them.
 unsafe impl Zeroable for aya_ebpf::bindings::bpf_fib_lookup {}
+// SAFETY: a kernel parameter block of integers and unions of them.
+unsafe impl Zeroable for aya_ebpf::bindings::bpf_tunnel_key {}
 
 /// A `T` with every byte zero (`T: Zeroable`), at least 4-byte aligned with a size that is a
 /// multiple of 4 (checked at compile time).

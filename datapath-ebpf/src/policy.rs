@@ -6,19 +6,39 @@
 use datapath_common::{
     config::{Config, CFG_ICC},
     drop::DropReason,
-    endpoint::{Endpoint, LinkKey, PolicyKey, PolicyRule, EP_EGRESS_DENY, POLICY_ALLOW},
+    endpoint::{
+        Endpoint, LinkKey, PolicyKey, PolicyRule, EP_EGRESS_DENY, EP_NET_ICC, EP_NET_INTERNAL,
+        POLICY_ALLOW,
+    },
     proto,
 };
 
-use crate::maps::{PolicyLpmKey, TG_LINKS, TG_POLICY};
+use crate::{
+    lookup,
+    maps::{PolicyLpmKey, TG_LINKS, TG_POLICY},
+};
 
-/// `from` may reach `to` by IP: a link from -> to (one-way), or ICC on.
+/// `from` may reach `to` by IP: a link from -> to (one-way), or both on one network with ICC.
 #[inline(always)]
 pub fn icc(from: &Endpoint, to: &Endpoint, cfg: &Config) -> Result<(), DropReason> {
-    if linked(from, to) || cfg.flags & CFG_ICC != 0 {
+    if linked(from, to) || same_net_icc(from, to, cfg) {
         Ok(())
     } else {
         Err(DropReason::Icc)
+    }
+}
+
+/// Both on one network, and that network lets its containers reach each other: `default`
+/// by the daemon's `--icc`, user-created networks by their own flag.
+#[inline(always)]
+fn same_net_icc(from: &Endpoint, to: &Endpoint, cfg: &Config) -> bool {
+    if from.net != to.net {
+        return false;
+    }
+    if from.net == 0 {
+        cfg.flags & CFG_ICC != 0
+    } else {
+        from.flags & EP_NET_ICC != 0
     }
 }
 
@@ -32,8 +52,9 @@ fn linked(from: &Endpoint, to: &Endpoint) -> bool {
 }
 
 /// A new flow from `ep` to `daddr:dport/proto`: to another container (`peer`), a link allows
-/// it outright, ICC off refuses it, ICC on leaves it to the egress rules; anything else is up
-/// to the egress rules.
+/// it outright, ICC off or another network refuses it, ICC on leaves it to the egress rules;
+/// anything else is refused from an internal network unless it is the node's, and is up to
+/// the egress rules.
 #[inline(always)]
 pub fn new_flow(
     ep: &Endpoint,
@@ -47,11 +68,40 @@ pub fn new_flow(
         if linked(ep, peer) {
             return Ok(());
         }
-        if cfg.flags & CFG_ICC == 0 {
+        if !same_net_icc(ep, peer, cfg) {
             return Err(DropReason::Icc);
         }
+    } else if ep.flags & EP_NET_INTERNAL != 0 && !lookup::is_local(daddr) {
+        // An internal network has no way out.
+        return Err(DropReason::Policy);
     }
     egress(ep, daddr, proto, dport)
+}
+
+/// A flow between `ep` and a container of another node (`vni` is its network's): only within
+/// one network, with that network's ICC on (links are between containers of one node), then
+/// the container's egress rules.
+#[inline(always)]
+pub fn to_remote(
+    ep: &Endpoint,
+    vni: u32,
+    daddr: u32,
+    proto: u8,
+    dport: u16,
+) -> Result<(), DropReason> {
+    remote_icc(ep, vni)?;
+    egress(ep, daddr, proto, dport)
+}
+
+/// Whether `ep` and a container of another node on network `vni` may talk: the same network
+/// (never `default`, which is each node's own), with ICC on.
+#[inline(always)]
+pub fn remote_icc(ep: &Endpoint, vni: u32) -> Result<(), DropReason> {
+    if vni != 0 && ep.net == vni && ep.flags & EP_NET_ICC != 0 {
+        Ok(())
+    } else {
+        Err(DropReason::Icc)
+    }
 }
 
 /// The container's egress rules for `daddr`: the chain of the longest matching prefix (the

@@ -1,10 +1,12 @@
 //! Harness for Tollgate's privileged integration tests: sandboxes made of network namespaces
 //! that each test creates (unique names with the test name and PID), a daemon per sandbox
 //! running with `--netns`, the real `tollgate` CLI, and small TCP/UDP peers running on
-//! threads that entered a namespace; real podman and containerd in a sandbox (`runtime`).
+//! threads that entered a namespace; real podman and containerd in a sandbox (`runtime`); a real
+//! etcd in a namespace of its own (`etcd`).
 //! Everything is removed in `Drop`, also on panic.
 
 pub mod cni;
+pub mod etcd;
 pub mod net;
 pub mod runtime;
 pub mod sandbox;

@@ -74,18 +74,183 @@ impl From<Output> for Cli {
     }
 }
 
-pub struct Sandbox {
-    pub tag: String,
+/// A tollgate daemon of one node namespace, run from the root mount namespace with
+/// `--netns`, with its own state dir, bpffs dir and socket; driven through the real CLI.
+pub struct Daemon {
+    /// The node namespace.
     pub node: String,
-    pub client: String,
     pub dir: PathBuf,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
-    pub uplink_ip: Ipv4Addr,
-    pub client_ip: Ipv4Addr,
-    daemon: Option<Child>,
+    /// The `--uplink` interface in the node namespace.
+    pub uplink: String,
     /// Extra `daemon` flags (kept for restarts).
     pub daemon_flags: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A daemon for `node`, keeping its files under `dir` and pins under `bpffs` (not started).
+    pub fn new(node: &str, dir: &Path, bpffs: &Path, flags: &[&str]) -> Self {
+        Self {
+            node: node.to_string(),
+            dir: dir.to_path_buf(),
+            bpffs: bpffs.to_path_buf(),
+            socket: dir.join("tollgate.sock"),
+            uplink: "up0".into(),
+            daemon_flags: flags.iter().map(ToString::to_string).collect(),
+            child: None,
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))?;
+        let child = Command::new(tollgate_bin())
+            .args(["daemon", "--uplink", &self.uplink, "--netns", &self.node])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.daemon_flags)
+            .env("TOLLGATE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning tollgate daemon")?;
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if self.socket.exists() && self.tg(&["status", "--json"]).code == 0 {
+                return Ok(());
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait()? {
+                bail!(
+                    "daemon exited ({st}) during start-up:\n{}",
+                    self.daemon_log()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("daemon did not come up in 30 s:\n{}", self.daemon_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (no clean-up of any kind).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn tg(&self, args: &[&str]) -> Cli {
+        Command::new(tollgate_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tollgate")
+            .into()
+    }
+
+    /// Runs the CLI and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.tg(args);
+        assert_eq!(
+            r.code,
+            0,
+            "tollgate {} failed: {}\ndaemon log:\n{}",
+            args.join(" "),
+            r.stderr,
+            self.tail_log()
+        );
+        r.stdout
+    }
+
+    /// Runs a listing command with `--json` and parses it.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON")
+    }
+
+    pub fn tail_log(&self) -> String {
+        let l = self.daemon_log();
+        let lines: Vec<&str> = l.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Stops the daemon and removes everything it made (`tollgate reset`).
+    pub fn teardown(&mut self) {
+        self.stop_daemon();
+        let r = Command::new(tollgate_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["reset", "--netns", &self.node])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output();
+        if let Ok(o) = &r {
+            if !o.status.success() && !std::thread::panicking() {
+                eprintln!("reset failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+    }
+}
+
+pub struct Sandbox {
+    pub tag: String,
+    pub client: String,
+    pub uplink_ip: Ipv4Addr,
+    pub client_ip: Ipv4Addr,
+    /// The node's daemon (its fields and methods are the sandbox's, through `Deref`).
+    pub daemon: Daemon,
+}
+
+impl std::ops::Deref for Sandbox {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for Sandbox {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
 }
 
 impl Sandbox {
@@ -106,16 +271,16 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut sb = Sandbox {
-            node: format!("tgt-{tag}-n"),
             client: format!("tgt-{tag}-c"),
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/tgt-{tag}")),
-            socket: dir.join("tollgate.sock"),
             uplink_ip: Ipv4Addr::new(192, 168, octet, 1),
             client_ip: Ipv4Addr::new(192, 168, octet, 2),
+            daemon: Daemon::new(
+                &format!("tgt-{tag}-n"),
+                &dir,
+                Path::new(&format!("/sys/fs/bpf/tgt-{tag}")),
+                flags,
+            ),
             tag,
-            dir,
-            daemon: None,
-            daemon_flags: flags.iter().map(ToString::to_string).collect(),
         };
         sb.build_topology()?;
         sb.start_daemon()?;
@@ -155,114 +320,6 @@ impl Sandbox {
         Ok(())
     }
 
-    pub fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Starts the daemon and waits until it answers.
-    pub fn start_daemon(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))?;
-        let child = Command::new(tollgate_bin())
-            .args(["daemon", "--uplink", "up0", "--netns", &self.node])
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(&self.daemon_flags)
-            .env("TOLLGATE_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning tollgate daemon")?;
-        self.daemon = Some(child);
-        let start = Instant::now();
-        loop {
-            if self.socket.exists() && self.tg(&["status", "--json"]).code == 0 {
-                return Ok(());
-            }
-            if let Some(st) = self.daemon.as_mut().unwrap().try_wait()? {
-                bail!(
-                    "daemon exited ({st}) during start-up:\n{}",
-                    self.daemon_log()
-                );
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("daemon did not come up in 30 s:\n{}", self.daemon_log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the daemon with SIGKILL (no clean-up of any kind).
-    pub fn kill_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Stops the daemon with SIGTERM and waits for it.
-    pub fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Runs the CLI against this sandbox's daemon.
-    pub fn tg(&self, args: &[&str]) -> Cli {
-        Command::new(tollgate_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running tollgate")
-            .into()
-    }
-
-    /// Runs the CLI and requires success; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let r = self.tg(args);
-        assert_eq!(
-            r.code,
-            0,
-            "tollgate {} failed: {}\ndaemon log:\n{}",
-            args.join(" "),
-            r.stderr,
-            self.tail_log()
-        );
-        r.stdout
-    }
-
-    /// Runs a listing command with `--json` and parses it.
-    pub fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        serde_json::from_str(&self.ok(&a)).expect("valid JSON")
-    }
-
-    fn tail_log(&self) -> String {
-        let l = self.daemon_log();
-        let lines: Vec<&str> = l.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
     /// A container name unique to this sandbox (its netns is `tg-<name>`).
     pub fn cname(&self, short: &str) -> String {
         format!("{}-{short}", self.tag)
@@ -287,23 +344,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.stop_daemon();
-        let r = Command::new(tollgate_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["reset", "--netns", &self.node])
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .output();
-        if let Ok(o) = &r {
-            if !o.status.success() && !std::thread::panicking() {
-                eprintln!("reset failed: {}", String::from_utf8_lossy(&o.stderr));
-            }
-        }
+        self.daemon.teardown();
         let _ = Command::new("ip")
-            .args(["netns", "del", &self.node])
+            .args(["netns", "del", &self.daemon.node])
             .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.client])
@@ -311,6 +354,6 @@ impl Drop for Sandbox {
         if std::thread::panicking() {
             eprintln!("--- daemon log ({}) ---\n{}", self.tag, self.tail_log());
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.daemon.dir);
     }
 }

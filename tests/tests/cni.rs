@@ -343,6 +343,22 @@ fn del_while_the_daemon_is_down_is_carried_out_when_it_returns() {
         json!([{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]),
     );
     assert_eq!(cni(&Call::new("ADD", "gone", &gone.path), &conf2).code, 0);
+    // A container that stays, with a connection open across the daemon's death.
+    let stays = RuntimeNetns::new(&sb, "k4");
+    let conf4 = with_ports(
+        net_conf(&sb, "1.0.0", "tg"),
+        json!([{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    assert_eq!(cni(&Call::new("ADD", "stays", &stays.path), &conf4).code, 0);
+    let _t = tcp_echo(&stays.name, 80, "stays").unwrap();
+    let flow = echo_transfer(
+        &sb.client,
+        sb.uplink_ip,
+        8082,
+        40,
+        1024,
+        Duration::from_millis(100),
+    );
     let status = net_conf(&sb, "1.1.0", "tg");
     assert_eq!(cni(&Call::new("STATUS", "", ""), &status).code, 0);
 
@@ -372,6 +388,14 @@ fn del_while_the_daemon_is_down_is_carried_out_when_it_returns() {
         0,
         "queue replayed"
     );
+    // The one that stayed kept its flow and answers new connections.
+    let t = flow.join().unwrap().unwrap();
+    assert_eq!(t.sent, t.got, "the open flow lost bytes");
+    let a = tcp_request(&sb.client, sb.uplink_ip, 8082, "after").unwrap();
+    assert!(a.starts_with("stays peer="), "{a}");
+    let left = sb.json(&["container", "list"]);
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(cni(&Call::new("DEL", "stays", &stays.path), &conf4).code, 0);
     assert_nothing_left(&sb);
     assert!(!link_exists(&kept.name, "eth0"));
     assert!(sb.daemon_log().contains("replayed a CNI DEL"));

@@ -207,16 +207,17 @@ fn containers_on_the_network_follow_its_icc_rule() {
     e.httpd("a", &[]);
     e.httpd("b", &[]);
     let (ip_a, ip_b) = (e.ip("a"), e.ip("b"));
-    let get_b = || {
+    let get = |from: &str, ip: Ipv4Addr| {
         e.podman.podman(&[
             "exec",
-            "a",
+            from,
             "/bin/busybox",
             "sh",
             "-c",
-            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {ip_b} 80"),
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {ip} 80"),
         ])
     };
+    let get_b = || get("a", ip_b);
     // `default` keeps ICC off (the daemon runs without --icc).
     let r = get_b();
     assert!(!r.stdout.contains(INDEX_HTML), "a reached b: {r:?}");
@@ -246,7 +247,40 @@ fn containers_on_the_network_follow_its_icc_rule() {
         r.stdout.contains(INDEX_HTML),
         "the link lets a reach b: {r:?}"
     );
-    e.podman.ok(&["rm", "-f", "a", "b"]).unwrap();
+    // A user-created Tollgate network (CNI network `tgblue`) has ICC on, and is isolated from
+    // `default`'s containers.
+    sb.ok(&["network", "create", "blue"]);
+    let mut blue = tollgate_net(&sb);
+    blue["name"] = json!("tgblue");
+    blue["plugins"][0]["network"] = json!("blue");
+    write_conflist(e.rt.cni_conf_dir(), "tgblue", &blue).unwrap();
+    for c in ["c", "d"] {
+        let mut a = vec!["run", "-d", "--init", "--name", c, "--network", "tgblue"];
+        a.extend_from_slice(&[
+            &e.image,
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        e.podman.ok(&a).unwrap();
+    }
+    let ip_d: Ipv4Addr = e
+        .inspect("d", "{{.NetworkSettings.Networks.tgblue.IPAddress}}")
+        .parse()
+        .unwrap();
+    assert!(ip_d.to_string().starts_with("10.90.0."), "{ip_d}");
+    let r = get("c", ip_d);
+    assert!(r.stdout.contains(INDEX_HTML), "ICC inside blue: {r:?}");
+    let r = get("c", ip_b);
+    assert!(
+        !r.stdout.contains(INDEX_HTML),
+        "blue reached default: {r:?}"
+    );
+    e.podman.ok(&["rm", "-f", "a", "b", "c", "d"]).unwrap();
     assert_nothing_left(&sb);
 }
 

@@ -6,6 +6,7 @@
 //! - `cargo xtask install-cni DIR`: build, then install the CNI plugin as `DIR/tollgate`.
 //! - `cargo xtask test`: setup, lint, build, unit tests, then the privileged integration tests.
 //! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
+//! - `cargo xtask package [--no-build] [--out DIR]`: build, then the Debian package.
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
 //!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
 //! - `cargo xtask bench cni [--quick] [--runs N] [--others N] ...`: podman on Tollgate
@@ -17,6 +18,7 @@ mod bench;
 #[path = "bench/ratelimit.rs"]
 mod bench_ratelimit;
 mod build;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -57,6 +59,9 @@ enum Task {
     Test(test::TestArgs),
     /// Build (release), then run `tollgate demo`; exits with the demo's exit status.
     BuildAndRun(run::RunArgs),
+    /// Setup, build, then the Debian package (tollgate, the CNI plugin, tollgate.service,
+    /// completions, man pages) in target/debian (--out).
+    Package(package::PackageArgs),
     /// Setup, build, then benchmark baseline (routed veth), iptables (Docker + Warden rules),
     /// a userland proxy per port and tollgate, interleaved; writes results.md, results.json and
     /// an SVG chart to --out (default target/bench).
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
             Task::InstallCni(args) => build::install_cni(&args),
             Task::Test(args) => test::run(&args),
             Task::BuildAndRun(args) => run::run(&args),
+            Task::Package(args) => package::run(&args),
             Task::Bench(args) => bench::run(&args),
             Task::BenchEcho(args) => bench::tools::echo(&args),
             Task::BenchProxy(args) => bench::tools::proxy(&args),

@@ -46,6 +46,18 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "containerd",
     "runc",
+    // `cargo xtask package` (dpkg-shlibdeps) and its tests (tests/tests/package.rs):
+    // `systemd-analyze verify` of the unit, `man -l` of the pages, the zsh and fish
+    // completions run by their shells.
+    "dpkg-dev",
+    "systemd",
+    "man-db",
+    "zsh",
+    "fish",
+    // The cluster store: etcd-client's build runs `protoc` (tonic/prost code generation), and
+    // tests/tests/cluster_store.rs runs a real etcd (Debian's 3.4) in a namespace of its own.
+    "protobuf-compiler",
+    "etcd-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -33,6 +33,8 @@ pub mod paths {
     pub const CONNTRACK: &str = "/v1/conntrack";
     pub const CONTAINER_CONNTRACK: &str = "/v1/containers/{name}/conntrack";
     pub const SHUTDOWN: &str = "/v1/shutdown";
+    pub const NETWORKS: &str = "/v1/networks";
+    pub const NETWORK: &str = "/v1/networks/{name}";
     /// CNI attachments: `POST` (ADD, with the netns fd), `GET` (list), `DELETE` (DEL).
     pub const CNI_ATTACHMENTS: &str = "/v1/cni/attachments";
     /// `POST`: CHECK one attachment (with the netns fd when the runtime still has it).
@@ -81,9 +83,12 @@ pub struct ContainerCreate {
     /// An existing namespace to use instead of creating `tg-NAME`.
     #[serde(default)]
     pub netns: Option<PathBuf>,
-    /// The container address asked for (the .2 of a free /30 of the pool).
+    /// The container address asked for (the .2 of a free /30 of its network's subnet).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its network (`default` when absent).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// A container (`container add/list --json`).
@@ -95,6 +100,12 @@ pub struct ContainerInfo {
     pub gateway: Ipv4Addr,
     pub prefix_len: u8,
     pub host_ifname: String,
+    #[serde(default = "default_network")]
+    pub network: String,
+}
+
+fn default_network() -> String {
+    crate::model::DEFAULT_NETWORK.to_string()
 }
 
 /// `DELETE /v1/containers/{name}`.
@@ -314,6 +325,40 @@ pub struct Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShuttingDown {
     pub stopping: bool,
+}
+
+/// `POST /v1/networks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkCreate {
+    pub name: String,
+    /// A CIDR; a free /24 of 10.90.0.0/16 when absent.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// Its containers may not reach each other (ICC is on by default in created networks).
+    #[serde(default)]
+    pub no_icc: bool,
+    /// No masquerade, no way out of the node, no published ports.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// A network (`network create/list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub subnet: String,
+    /// `local`, or `cluster` in cluster mode.
+    pub scope: String,
+    pub vni: Option<u32>,
+    pub icc: bool,
+    pub internal: bool,
+    pub containers: usize,
+}
+
+/// `DELETE /v1/networks/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDeleted {
+    pub deleted: String,
 }
 
 /// `POST /v1/cni/attachments`: a CNI ADD. The request carries an open fd of the container's

@@ -8,6 +8,7 @@ use aya::programs::TcAttachType;
 use datapath_common::{
     config::{Config, CFG_ICC, CFG_READY},
     endpoint::{PolicyChain, ADDR_GATEWAY},
+    overlay::{OVERLAY_IFNAME, VXLAN_PORT},
     ratelimit::RateLimit,
 };
 use ipnet::Ipv4Net;
@@ -18,7 +19,7 @@ use super::{
     loader::{Loaded, Pins},
     maps::ip_to_net,
     CtView, Datapath, EndpointInfo, EpTotals, NodeSetup, ProgramInfo, Published, Target,
-    PROG_FROM_CONTAINER, PROG_FROM_UPLINK, PROG_TO_CONTAINER,
+    PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_FROM_UPLINK, PROG_TO_CONTAINER,
 };
 use crate::{
     model::{state::container_mac, Container, Proto, SLOT_PREFIX},
@@ -54,13 +55,22 @@ impl KernelDatapath {
 
 /// Configures the container side: `lo` up, its interface with the /30 address, up, default
 /// route.
-fn configure_inside(netns_path: &Path, ifname: String, ip: Ipv4Addr, gw: Ipv4Addr) -> Result<()> {
+fn configure_inside(
+    netns_path: &Path,
+    ifname: String,
+    ip: Ipv4Addr,
+    gw: Ipv4Addr,
+    mtu: u32,
+) -> Result<()> {
     let what = format!("configuring {ifname} in {}", netns_path.display());
     netlink::with_handle_in(netns_path, move |h| async move {
         if let Some(lo) = link::index_of(&h, "lo").await? {
             link::set_up(&h, lo).await?;
         }
         let eth = link::require_index(&h, &ifname).await?;
+        if mtu != 0 {
+            link::set_mtu(&h, eth, mtu).await?;
+        }
         addr::add(&h, eth, ip, SLOT_PREFIX).await?;
         link::set_up(&h, eth).await?;
         route::add_default_v4(&h, gw).await
@@ -95,10 +105,45 @@ impl Datapath for KernelDatapath {
             ct_tcp_close_s: setup.ct.tcp_close,
             ct_udp_s: setup.ct.udp,
             ct_icmp_s: setup.ct.icmp,
-            _pad: 0,
+            overlay_ifindex: 0,
+        };
+        let config = match setup.overlay {
+            // The device and its hook come first: the config's pointer to it turns the
+            // encapsulation on.
+            Some(o) => {
+                let ifindex =
+                    link::ensure_vxlan(&self.nl, OVERLAY_IFNAME, VXLAN_PORT, o.mtu).await?;
+                self.attach_tc(PROG_FROM_OVERLAY, OVERLAY_IFNAME, TcAttachType::Ingress)?;
+                Config {
+                    overlay_ifindex: ifindex,
+                    ..config
+                }
+            }
+            None => config,
         };
         self.loaded.maps.config.set(config)?;
+        if setup.overlay.is_none() {
+            // Left by an earlier cluster-mode run: the config no longer points at it.
+            attach::detach_tc(&self.pins, PROG_FROM_OVERLAY, OVERLAY_IFNAME)?;
+            link::delete(&self.nl, OVERLAY_IFNAME).await?;
+        }
         self.attach_tc(PROG_FROM_UPLINK, &setup.uplink, TcAttachType::Ingress)
+    }
+
+    async fn link_mtu(&mut self, ifindex: u32) -> Result<u32> {
+        link::mtu_of(&self.nl, ifindex).await
+    }
+
+    fn set_remote(&mut self, prefix: Ipv4Net, node: Ipv4Addr, vni: u32) -> Result<()> {
+        self.loaded.maps.remotes.insert(prefix, node, vni)
+    }
+
+    fn remove_remote(&mut self, prefix: Ipv4Net) -> Result<()> {
+        self.loaded.maps.remotes.remove(prefix)
+    }
+
+    fn remotes(&self) -> Result<Vec<(Ipv4Net, Ipv4Addr, u32)>> {
+        self.loaded.maps.remotes.list()
     }
 
     fn attach_socket_hooks(&mut self) -> Result<()> {
@@ -147,10 +192,13 @@ impl Datapath for KernelDatapath {
         )
         .await?;
         let idx = link::require_index(&self.nl, &c.host_ifname).await?;
+        if c.mtu != 0 {
+            link::set_mtu(&self.nl, idx, c.mtu).await?;
+        }
         addr::add(&self.nl, idx, c.gateway, SLOT_PREFIX).await?;
         link::set_up(&self.nl, idx).await?;
-        let (p, ifname, ip, gw) = (c.netns.clone(), c.ifname.clone(), c.ip, c.gateway);
-        tokio::task::spawn_blocking(move || configure_inside(&p, ifname, ip, gw)).await??;
+        let (p, ifname, ip, gw, mtu) = (c.netns.clone(), c.ifname.clone(), c.ip, c.gateway, c.mtu);
+        tokio::task::spawn_blocking(move || configure_inside(&p, ifname, ip, gw, mtu)).await??;
         Ok(idx)
     }
 

@@ -23,7 +23,8 @@ use datapath_common::maps as names;
 use tracing::{debug, info};
 
 use super::{
-    maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, PROG_TO_CONTAINER, SOCK_PROGS,
+    maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_FROM_UPLINK,
+    PROG_TO_CONTAINER, SOCK_PROGS,
 };
 
 pub struct Loaded {
@@ -131,7 +132,12 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     let upgrade = !stamp.exists();
 
     let mut tc = BTreeMap::new();
-    for name in [PROG_FROM_UPLINK, PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+    for name in [
+        PROG_FROM_UPLINK,
+        PROG_FROM_CONTAINER,
+        PROG_TO_CONTAINER,
+        PROG_FROM_OVERLAY,
+    ] {
         let pin = ensure_pinned(&mut ebpf, pins, name, upgrade, |p| {
             <&mut SchedClassifier>::try_from(p)?
                 .load()

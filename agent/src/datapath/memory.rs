@@ -36,6 +36,8 @@ pub struct Tables {
     pub guards: BTreeSet<(u16, u8)>,
     /// Guarded ports a runtime may bind, with its tgid.
     pub guard_owners: BTreeMap<(u16, u8), u32>,
+    /// Other nodes' container prefixes: prefix -> (node, VNI).
+    pub remotes: BTreeMap<ipnet::Ipv4Net, (Ipv4Addr, u32)>,
     pub chains: BTreeMap<(u32, Ipv4Net), PolicyChain>,
     pub links: BTreeSet<(u32, u32)>,
     pub limits: BTreeMap<u32, RateLimit>,
@@ -209,6 +211,31 @@ impl Datapath for MemoryDatapath {
         self.t.guards.remove(&(port, proto));
         self.t.guard_owners.remove(&(port, proto));
         Ok(())
+    }
+
+    async fn link_mtu(&mut self, _ifindex: u32) -> Result<u32> {
+        Ok(1500)
+    }
+
+    fn set_remote(&mut self, prefix: ipnet::Ipv4Net, node: Ipv4Addr, vni: u32) -> Result<()> {
+        self.write("set_remote")?;
+        self.t.remotes.insert(prefix, (node, vni));
+        Ok(())
+    }
+
+    fn remove_remote(&mut self, prefix: ipnet::Ipv4Net) -> Result<()> {
+        self.write("remove_remote")?;
+        self.t.remotes.remove(&prefix);
+        Ok(())
+    }
+
+    fn remotes(&self) -> Result<Vec<(ipnet::Ipv4Net, Ipv4Addr, u32)>> {
+        Ok(self
+            .t
+            .remotes
+            .iter()
+            .map(|(p, (n, v))| (*p, *n, *v))
+            .collect())
     }
 
     fn set_guard_owner(&mut self, port: u16, proto: u8, tgid: u32) -> Result<()> {

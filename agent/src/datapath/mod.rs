@@ -23,7 +23,8 @@ use ipnet::Ipv4Net;
 
 use crate::model::{Container, Proto};
 pub use types::{
-    CtTimeouts, CtView, EndpointInfo, EpTotals, NodeSetup, ProgramInfo, Published, Target,
+    CtTimeouts, CtView, EndpointInfo, EpTotals, NodeSetup, OverlaySetup, ProgramInfo, Published,
+    Target,
 };
 
 /// Everything the node operations do to the kernel. Writes are idempotent (writing what is
@@ -37,6 +38,13 @@ pub trait Datapath: Send + 'static {
     fn locals(&self) -> Result<Vec<(Ipv4Addr, u32)>>;
     fn add_local(&mut self, ip: Ipv4Addr, flags: u32) -> Result<()>;
     fn remove_local(&mut self, ip: Ipv4Addr) -> Result<()>;
+    /// The MTU of link `ifindex`.
+    fn link_mtu(&mut self, ifindex: u32) -> impl Future<Output = Result<u32>> + Send;
+
+    // The overlay (cluster mode): container prefixes other nodes hold.
+    fn set_remote(&mut self, prefix: Ipv4Net, node: Ipv4Addr, vni: u32) -> Result<()>;
+    fn remove_remote(&mut self, prefix: Ipv4Net) -> Result<()>;
+    fn remotes(&self) -> Result<Vec<(Ipv4Net, Ipv4Addr, u32)>>;
 
     // Container plumbing.
     fn netns_exists(&self, path: &Path) -> bool;
@@ -111,6 +119,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROG_FROM_UPLINK: &str = "from_uplink";
 pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
+/// On the overlay's VXLAN device (cluster mode).
+pub const PROG_FROM_OVERLAY: &str = "from_overlay";
 
 /// cgroup `sock_addr` programs with their attach types.
 pub const SOCK_PROGS: &[(&str, aya::programs::CgroupSockAddrAttachType)] = {

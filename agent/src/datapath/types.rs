@@ -12,8 +12,10 @@ pub struct EndpointInfo {
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub host_ifindex: u32,
-    /// `EP_*` bits (egress default stance).
+    /// `EP_*` bits (egress default stance, its network's ICC and internal flags).
     pub flags: u32,
+    /// Its network's id (0: `default`).
+    pub net: u32,
 }
 
 /// A port-map key.
@@ -79,6 +81,16 @@ pub struct NodeSetup {
     /// Masquerade source ports (and ICMP echo ids).
     pub nat_ports: std::ops::RangeInclusive<u16>,
     pub ct: CtTimeouts,
+    /// Cluster mode: the overlay's VXLAN device is made (or kept) and hooked, and the
+    /// config points at it. None: no device, and any left from an earlier run is removed.
+    pub overlay: Option<OverlaySetup>,
+}
+
+/// The overlay's VXLAN device.
+#[derive(Clone, Copy, Debug)]
+pub struct OverlaySetup {
+    /// Its MTU: the uplink's minus the encapsulation overhead.
+    pub mtu: u32,
 }
 
 /// Conntrack idle timeouts, in seconds.

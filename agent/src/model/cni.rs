@@ -3,9 +3,7 @@
 
 pub use super::state::{CniAttachment, CniKey};
 
-/// The networks a CNI config may name. Named networks come with cluster mode; until then the
-/// node has its pool, the network `default`.
-pub const DEFAULT_NETWORK: &str = "default";
+pub use super::network::DEFAULT_NETWORK;
 
 /// The most DELs the plugin may queue while the daemon is down (the queue is replayed at
 /// start; a bound keeps a broken node from filling its disk).

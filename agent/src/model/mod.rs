@@ -3,12 +3,14 @@
 //! node operations all build on it.
 
 pub mod cni;
+pub mod network;
 pub mod policy;
 pub mod pool;
 pub mod ports;
 pub mod rate;
 pub mod state;
 
+pub use network::{Network, DEFAULT_NETWORK};
 pub use policy::{Action, Match, Policy, Rule, RuleProto, RuleSpec, Stance};
 pub use pool::{Pool, Slot, SLOT_PREFIX};
 pub use ports::{AddSpec, DelSpec, PortMapping, Proto};

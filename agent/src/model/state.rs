@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{policy::Policy, ports::PortMapping, rate::Limit};
+use super::{network::Network, policy::Policy, ports::PortMapping, rate::Limit};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Container {
@@ -36,6 +36,17 @@ pub struct Container {
     /// container is known to it by this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniAttachment>,
+    /// Its network (`default`: the daemon's `--pool`).
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// The MTU of its veth pair (0: the kernel's default). Containers of cluster networks get
+    /// the uplink's minus the VXLAN overhead.
+    #[serde(default)]
+    pub mtu: u32,
+}
+
+fn default_network() -> String {
+    super::network::DEFAULT_NETWORK.to_string()
 }
 
 /// The inner interface of containers made by `container add`.
@@ -101,6 +112,9 @@ pub struct State {
     /// Rate limits by container name.
     #[serde(default)]
     pub limits: BTreeMap<String, Limit>,
+    /// User-created networks by name (`default` is not stored: it is the daemon's `--pool`).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
 }
 
 impl State {

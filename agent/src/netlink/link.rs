@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
 use rtnetlink::Handle;
 
@@ -101,4 +101,57 @@ pub async fn mac_of(handle: &Handle, index: u32) -> Result<Option<[u8; 6]>> {
             _ => None,
         })
     }))
+}
+
+/// The node's collect-metadata VXLAN device `name` (`ip link add NAME type vxlan external
+/// dstport PORT`): created if missing, given `mtu` and set up; returns its ifindex. Without
+/// FDB learning: the datapath sets every packet's tunnel key.
+pub async fn ensure_vxlan(handle: &Handle, name: &str, port: u16, mtu: u32) -> Result<u32> {
+    if index_of(handle, name).await?.is_none() {
+        let mut req = handle.link().add();
+        let msg = req.message_mut();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::CollectMetadata(true),
+                InfoVxlan::Port(port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        req.execute()
+            .await
+            .with_context(|| format!("creating the VXLAN device {name}"))?;
+    }
+    let index = require_index(handle, name).await?;
+    set_mtu(handle, index, mtu).await?;
+    set_up(handle, index).await?;
+    Ok(index)
+}
+
+pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32) -> Result<()> {
+    handle
+        .link()
+        .set(index)
+        .mtu(mtu)
+        .execute()
+        .await
+        .with_context(|| format!("setting the MTU of link {index} to {mtu}"))
+}
+
+/// The MTU of link `index`.
+pub async fn mtu_of(handle: &Handle, index: u32) -> Result<u32> {
+    let mut links = handle.link().get().match_index(index).execute();
+    let msg = links
+        .try_next()
+        .await
+        .with_context(|| format!("looking up link {index}"))?
+        .ok_or_else(|| anyhow!("no link {index}"))?;
+    msg.attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(m),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("link {index} has no MTU"))
 }

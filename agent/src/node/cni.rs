@@ -14,7 +14,7 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use super::{
-    error::{fail, Kind, KindExt, Result},
+    error::{fail, Error, Kind, KindExt, Result},
     tx::{Change, Step},
     views::{container_info, mapping_info},
     Node,
@@ -24,7 +24,7 @@ use crate::{
     datapath::Datapath,
     model::{
         self,
-        cni::{container_name, DEFAULT_NETWORK, VETH_MTU},
+        cni::{container_name, VETH_MTU},
         state::{container_mac, format_mac},
         AddSpec, CniAttachment, CniKey, Container, Limit, SLOT_PREFIX,
     },
@@ -50,16 +50,6 @@ fn validate_key(key: &CniKey) -> Result<()> {
     }
     if key.network.is_empty() {
         fail!(BadInput, "the CNI network config has no name");
-    }
-    Ok(())
-}
-
-fn validate_network(network: &str) -> Result<()> {
-    if network != DEFAULT_NETWORK {
-        fail!(
-            NotFound,
-            "unknown Tollgate network {network:?}: this node has only {DEFAULT_NETWORK:?} (set \"network\": \"{DEFAULT_NETWORK}\" in the CNI config)"
-        );
     }
     Ok(())
 }
@@ -99,7 +89,11 @@ impl<D: Datapath, S: Store> Node<D, S> {
         netns: OwnedFd,
     ) -> Result<api::CniAttachmentInfo> {
         validate_key(&req.key)?;
-        validate_network(&req.tollgate_network)?;
+        self.net_view(&req.tollgate_network)
+            .map_err(|e| Error::new(Kind::NotFound, format!("unknown Tollgate network: {e} (or set \"network\" in the CNI config to an existing one)")))?;
+        if !req.ports.is_empty() {
+            self.check_publishable(&container_name(&req.key), &req.tollgate_network)?;
+        }
         if let Some(c) = self.cni_container(&req.key) {
             fail!(
                 Conflict,
@@ -114,7 +108,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
         if self.state.containers.contains_key(&name) {
             fail!(Conflict, "container {name:?} already exists");
         }
-        let slot = self.plan_slot(req.ip)?;
+        let slot = self.plan_slot(&req.tollgate_network, req.ip)?;
         let specs: Vec<AddSpec> = req
             .ports
             .iter()
@@ -157,6 +151,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 netns: req.netns.clone(),
                 runtime_pid: req.runtime_pid.unwrap_or(0),
             }),
+            network: req.tollgate_network.clone(),
+            mtu: 0,
         };
         // The steps reach the namespace through the fd the runtime handed over: this
         // process's own /proc path to it stays valid for as long as `netns` is held.
@@ -387,7 +383,5 @@ mod tests {
         assert!(validate_key(&k).is_err());
         k.ifname = "eth0".into();
         assert!(validate_key(&k).is_ok());
-        assert_eq!(validate_network("other").unwrap_err().kind, Kind::NotFound);
-        assert!(validate_network("default").is_ok());
     }
 }

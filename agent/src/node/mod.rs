@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod error;
+pub mod network;
 pub mod tx;
 pub mod views;
 
@@ -139,6 +140,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             pool: s.pool.net(),
             nat_ports: s.nat_ports.clone(),
             ct: s.ct,
+            overlay: None,
         };
         self.dp.setup_node(&setup).await?;
         self.sync_locals()?;
@@ -277,12 +279,14 @@ impl<D: Datapath, S: Store> Node<D, S> {
         }
     }
 
-    /// The /30 for a new container: the one of `ip` if asked for, else the first free one.
-    fn plan_slot(&self, ip: Option<Ipv4Addr>) -> Result<model::Slot> {
+    /// The /30 for a new container of `network`: the one of `ip` if asked for, else the
+    /// first free one.
+    fn plan_slot(&self, network: &str, ip: Option<Ipv4Addr>) -> Result<model::Slot> {
+        let pool = self.net_view(network)?.pool;
         let used: HashSet<Ipv4Addr> = self.state.containers.values().map(|c| c.ip).collect();
         Ok(match ip {
             Some(ip) => {
-                let s = self.settings.pool.slot_for(ip).kind(Kind::BadInput)?;
+                let s = pool.slot_for(ip).kind(Kind::BadInput)?;
                 if used.contains(&ip) {
                     fail!(
                         Conflict,
@@ -291,7 +295,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 }
                 s
             }
-            None => self.settings.pool.allocate(&used).kind(Kind::Conflict)?,
+            None => pool.allocate(&used).kind(Kind::Conflict)?,
         })
     }
 
@@ -301,7 +305,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
         if self.state.containers.contains_key(name) {
             fail!(Conflict, "container {name:?} already exists");
         }
-        let slot = self.plan_slot(req.ip)?;
+        let network = network::or_default(req.network.as_deref()).to_string();
+        let slot = self.plan_slot(&network, req.ip)?;
         let netns = if let Some(p) = &req.netns {
             if !self.dp.netns_exists(p) {
                 fail!(BadInput, "network namespace {} does not exist", p.display());
@@ -330,6 +335,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
             host_ifindex: 0,
             ifname: model::DEFAULT_IFNAME.to_string(),
             cni: None,
+            network,
+            mtu: 0,
         };
         let mut next = self.state.clone();
         next.containers.insert(name.to_string(), c.clone());
@@ -446,7 +453,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
         container: &str,
         specs: &[AddSpec],
     ) -> Result<Vec<api::PortMapInfo>> {
-        self.container(container)?;
+        let network = self.container(container)?.network.clone();
+        self.check_publishable(container, &network)?;
         if specs.is_empty() {
             fail!(
                 BadInput,
@@ -479,7 +487,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
         container: &str,
         specs: &[DelSpec],
     ) -> Result<Vec<api::PortMapInfo>> {
-        self.container(container)?;
+        let network = self.container(container)?.network.clone();
+        self.check_publishable(container, &network)?;
         if specs.is_empty() {
             fail!(
                 BadInput,

@@ -70,6 +70,7 @@ fn add(n: &mut TestNode, name: &str) {
         name: name.into(),
         netns: None,
         ip: None,
+        network: None,
     }))
     .unwrap();
 }
@@ -157,6 +158,7 @@ fn refusals_have_kinds_and_change_nothing() {
         name: name.into(),
         netns: None,
         ip: ip.map(|i| i.parse().unwrap()),
+        network: None,
     };
     assert_eq!(
         kind(block_on(n.container_add(c("web", None)))),
@@ -265,6 +267,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
             name: "cache".into(),
             netns: None,
             ip: None,
+            network: None,
         }))
         .map(|_| ())
     });
@@ -339,6 +342,7 @@ fn a_restart_reconciles_the_datapath_to_the_stored_state() {
         gateway: Ipv4Addr::new(10, 254, 3, 1),
         host_ifindex: 999,
         flags: 0,
+        net: 0,
     };
     dp.t.endpoints.insert(ghost.ip, ghost);
     dp.t.by_ifindex.insert(ghost.host_ifindex, ghost);

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use anyhow::Context;
 use datapath_common::{
     conntrack::{CT_DNAT, CT_REPLY, CT_SNAT},
-    endpoint::EP_EGRESS_DENY,
+    endpoint::{EP_EGRESS_DENY, EP_NET_ICC, EP_NET_INTERNAL},
 };
 use tracing::warn;
 
@@ -194,12 +194,21 @@ pub fn target(c: &Container, m: &PortMapping) -> Target {
 
 pub fn endpoint_info(st: &State, c: &Container) -> EndpointInfo {
     let deny = st.policies.get(&c.name).is_some_and(|p| p.egress_deny);
+    let net = st.networks.get(&c.network);
+    let mut flags = if deny { EP_EGRESS_DENY } else { 0 };
+    if net.is_some_and(|n| n.icc) {
+        flags |= EP_NET_ICC;
+    }
+    if net.is_some_and(|n| n.internal) {
+        flags |= EP_NET_INTERNAL;
+    }
     EndpointInfo {
         id: c.id,
         ip: c.ip,
         gateway: c.gateway,
         host_ifindex: c.host_ifindex,
-        flags: if deny { EP_EGRESS_DENY } else { 0 },
+        flags,
+        net: net.map_or(0, |n| n.id),
     }
 }
 

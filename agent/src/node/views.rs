@@ -17,6 +17,7 @@ pub fn container_info(c: &Container) -> api::ContainerInfo {
         gateway: c.gateway,
         prefix_len: c.prefix_len,
         host_ifname: c.host_ifname.clone(),
+        network: c.network.clone(),
     }
 }
 

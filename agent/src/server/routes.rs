@@ -130,6 +130,14 @@ pub fn router<D: Datapath, S: Store>(app: App<D, S>) -> Router {
                 .post(cni_add::<D, S>)
                 .delete(cni_del::<D, S>),
         )
+        .route(
+            paths::NETWORKS,
+            get(networks::<D, S>).post(network_create::<D, S>),
+        )
+        .route(
+            paths::NETWORK,
+            get(network_get::<D, S>).delete(network_rm::<D, S>),
+        )
         .route(paths::CNI_CHECK, post(cni_check::<D, S>))
         .route(paths::CNI_GC, post(cni_gc::<D, S>))
         .route(paths::SHUTDOWN, post(shutdown::<D, S>))
@@ -160,6 +168,35 @@ async fn container_add<D: Datapath, S: Store>(
     let req: api::ContainerCreate = body(&b)?;
     let c = app.node.lock().await.container_add(req).await?;
     Ok((StatusCode::CREATED, Json(c)))
+}
+
+async fn networks<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+) -> Answer<Vec<api::NetworkInfo>> {
+    Ok(Json(app.node.lock().await.network_list()))
+}
+
+async fn network_create<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    b: Bytes,
+) -> Created<api::NetworkInfo> {
+    let req: api::NetworkCreate = body(&b)?;
+    let n = app.node.lock().await.network_create(&req).await?;
+    Ok((StatusCode::CREATED, Json(n)))
+}
+
+async fn network_get<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    Path(name): Path<String>,
+) -> Answer<api::NetworkInfo> {
+    Ok(Json(app.node.lock().await.network_get(&name)?))
+}
+
+async fn network_rm<D: Datapath, S: Store>(
+    State(app): State<App<D, S>>,
+    Path(name): Path<String>,
+) -> Answer<api::NetworkDeleted> {
+    Ok(Json(app.node.lock().await.network_rm(&name).await?))
 }
 
 /// The fds that came with the request's connection (`fdpass`); none when the router is not
@@ -493,6 +530,7 @@ mod tests {
                     name: name.into(),
                     netns: None,
                     ip: None,
+                    network: None,
                 },
             )
         };

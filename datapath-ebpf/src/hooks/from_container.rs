@@ -13,6 +13,8 @@
 //!                                              hairpin to hostip:P of B: policy, DNAT to B       --> node stack --> [tgB]
 //!                                              hairpin to its own port:  DNAT + SNAT to gateway  --> redirect out [tgA]
 //!                                              to container B by IP:     link | ICC, policy      --> node stack (plain tracked)
+//!                                              to a container of another node (cluster mode):
+//!                                                                        same network + ICC, policy --> VXLAN (plain tracked)
 //!                                              to outside via uplink:    policy, masquerade      --> FIB redirect (uplink)
 //!                                              to a node address / other: policy                 --> node stack (plain tracked)
 //! ```
@@ -49,6 +51,7 @@ use crate::{
     conntrack::{self, Ct, Flow, Half, Hit, Kind},
     lookup,
     nat::{self, dnat, icmp, snat},
+    overlay,
     packet::{self, Packet},
     policy,
     ratelimit::{self, Way},
@@ -81,7 +84,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     let cfg = config::get()?;
     let mut pkt = match Packet::parse(ctx) {
         Ok(pkt) => pkt,
-        Err(Skip::OtherProto) => return other_proto(ep, cfg, ip.daddr, ip.protocol),
+        Err(Skip::OtherProto) => return other_proto(ctx, ep, cfg, ip.daddr, ip.protocol),
         Err(s) => return Err(s.into()),
     };
     let now = conntrack::now_ns();
@@ -125,6 +128,10 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     if entry.redirect_ifindex != 0 {
         return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
     }
+    // A container of another node: into the overlay (never masqueraded, never the stack).
+    if let Some(r) = overlay::remote_for(cfg, pkt.daddr) {
+        return Ok(overlay::encap(ctx, &r, cfg)?);
+    }
     // A port map's or hairpin's reply and a masqueraded flow's packets leave with a node
     // address as their source.
     let node_source = matches!(
@@ -166,6 +173,15 @@ fn new_flow(
     now: u64,
 ) -> Result<Hit, Stop> {
     let peer = lookup::endpoint(pkt.daddr);
+    if peer.is_none() {
+        if let Some(r) = overlay::remote_for(cfg, pkt.daddr) {
+            // Tracked even from a packet that does not open a flow (entries lost or expired
+            // mid-flow), as the uplink does: the other node judged the flow's opening.
+            policy::to_remote(ep, r.vni, pkt.daddr, pkt.proto, pkt.dport)?;
+            let (e, other) = conntrack::create_plain(key, ep.id, now)?;
+            return Ok((e, Some(other), None));
+        }
+    }
     if !pkt.opens_flow() {
         return Err(unopened(pkt, ep, peer.as_ref(), cfg));
     }
@@ -208,8 +224,20 @@ fn new_flow(
 /// A protocol conntrack does not track (module docs): judged as a new flow every time, by
 /// protocol and destination alone; passes untouched when allowed.
 #[inline(always)]
-fn other_proto(ep: &Endpoint, cfg: &Config, daddr: u32, proto: u8) -> Result<i32, Stop> {
+fn other_proto(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    cfg: &Config,
+    daddr: u32,
+    proto: u8,
+) -> Result<i32, Stop> {
     let peer = lookup::endpoint(daddr);
+    if peer.is_none() {
+        if let Some(r) = overlay::remote_for(cfg, daddr) {
+            policy::to_remote(ep, r.vni, daddr, proto, 0)?;
+            return Ok(overlay::encap(ctx, &r, cfg)?);
+        }
+    }
     policy::new_flow(ep, peer.as_ref(), cfg, daddr, proto, 0)?;
     Err(Skip::OtherProto.into())
 }

@@ -164,7 +164,6 @@ fn binds_published_port(ctx: &SockAddrContext) -> bool {
     // SAFETY: pointer from a lookup in this run.
     if let Some(owner) = guard_owner(unsafe { *owner }) {
         // The upper half of pid_tgid is the process id (tgid) in the initial pid namespace.
-        #[expect(clippy::cast_possible_truncation, reason = "the upper 32 bits")]
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if tgid == owner {
             return false;

@@ -462,7 +462,7 @@ pub fn fill_maps(bpf: &mut Ebpf) -> anyhow::Result<()> {
             gateway_ip: be32(gw),
             flags,
             ip: be32(ip),
-            _pad: 0,
+            net: 0,
         };
         let mut endpoints: HashMap<&mut MapData, u32, Endpoint> =
             HashMap::try_from(bpf.map_mut(maps::ENDPOINTS).unwrap())?;

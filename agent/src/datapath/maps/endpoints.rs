@@ -42,7 +42,7 @@ impl EndpointTable {
             gateway_ip: ip_to_net(e.gateway),
             flags: e.flags,
             ip: ip_to_net(e.ip),
-            _pad: 0,
+            net: e.net,
         };
         ctx(self.endpoints.insert(ip_to_net(e.ip), v, 0), || {
             format!("writing endpoint {}", e.ip)

@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod policy;
 pub mod portmap;
 pub mod ratelimit;
+pub mod remotes;
 pub mod stats;
 
 use std::net::Ipv4Addr;
@@ -22,6 +23,7 @@ pub use endpoints::EndpointTable;
 pub use policy::PolicyTable;
 pub use portmap::PortMapTable;
 pub use ratelimit::RateLimitTable;
+pub use remotes::RemoteTable;
 pub use stats::StatsTable;
 
 pub struct Maps {
@@ -32,6 +34,7 @@ pub struct Maps {
     pub policy: PolicyTable,
     pub stats: StatsTable,
     pub ratelimit: RateLimitTable,
+    pub remotes: RemoteTable,
 }
 
 impl Maps {
@@ -51,6 +54,7 @@ impl Maps {
             policy: PolicyTable::new(take(ebpf, names::LINKS)?, take(ebpf, names::POLICY)?)?,
             stats: StatsTable::new(take(ebpf, names::EP_STATS)?, take(ebpf, names::COUNTERS)?)?,
             ratelimit: RateLimitTable::new(take(ebpf, names::RATELIMIT)?)?,
+            remotes: RemoteTable::new(take(ebpf, names::REMOTES)?)?,
         })
     }
 }
