@@ -766,6 +766,7 @@ fn bench(report: &mut Report, plan: &Plan, bin: &Path, plugin: &Path) -> Result<
         "The bridge network's `portmap` chains in the node after the run: {}",
         env.chain_order()
     ));
+    report.notes.push(answer_gaps(report));
     // Teardown: killing the runtime namespace takes every container along (no CNI DEL:
     // the daemon's reset and the node namespace's deletion clean up behind them).
     let t = Instant::now();
@@ -774,6 +775,39 @@ fn bench(report: &mut Report, plan: &Plan, bin: &Path, plugin: &Path) -> Result<
     drop(sb);
     println!("bench cni: torn down in {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// How long after `podman run -d` returned the first answer came, at most (negative: before).
+fn answer_gaps(report: &Report) -> String {
+    let mut parts = Vec::new();
+    for net in Net::ALL {
+        let gaps: Vec<f64> = [
+            ("start", "start_return"),
+            ("start_others", "start_return_others"),
+        ]
+        .iter()
+        .flat_map(|(a, r)| {
+            report
+                .samples(a, net)
+                .iter()
+                .zip(report.samples(r, net))
+                .map(|(a, r)| a - r)
+        })
+        .collect();
+        if let Some(st) = stats(&gaps) {
+            parts.push(format!(
+                "{} {} ms (median {} ms)",
+                net.title(),
+                num(st.max),
+                num(st.median)
+            ));
+        }
+    }
+    format!(
+        "First answer after `podman run -d` returned, at most: {} (the answer can come before \
+         podman returns; the probe's resolution is ~5 ms).",
+        parts.join(", ")
+    )
 }
 
 /// `up1` in the node (192.168.78.1/24) and `eth1` in the client (192.168.78.2/24): the
