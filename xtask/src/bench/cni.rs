@@ -767,6 +767,9 @@ fn bench(report: &mut Report, plan: &Plan, bin: &Path, plugin: &Path) -> Result<
         env.chain_order()
     ));
     report.notes.push(answer_gaps(report));
+    if let Some(growth) = others_growth(report) {
+        report.notes.push(growth);
+    }
     // Teardown: killing the runtime namespace takes every container along (no CNI DEL:
     // the daemon's reset and the node namespace's deletion clean up behind them).
     let t = Instant::now();
@@ -808,6 +811,34 @@ fn answer_gaps(report: &Report) -> String {
          podman returns; the probe's resolution is ~5 ms).",
         parts.join(", ")
     )
+}
+
+/// How `podman run -d` of the others changed as they piled up: the median of the first ten
+/// and of the last ten, per network (with 20 others or more).
+fn others_growth(report: &Report) -> Option<String> {
+    let parts: Vec<String> = Net::ALL
+        .iter()
+        .filter_map(|&net| {
+            let s = report.samples("others_start", net);
+            if s.len() < 20 {
+                return None;
+            }
+            let (first, last) = (stats(&s[..10])?, stats(&s[s.len() - 10..])?);
+            Some(format!(
+                "{} {} → {} ms",
+                net.title(),
+                num(first.median),
+                num(last.median)
+            ))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "`podman run -d` of the others, median of the first ten → of the last ten: {} \
+             (much of that row's spread is this growth).",
+            parts.join(", ")
+        )
+    })
 }
 
 /// `up1` in the node (192.168.78.1/24) and `eth1` in the client (192.168.78.2/24): the
