@@ -21,8 +21,9 @@
 //!    the first HTTP answer reaches the client namespace through uplink:HOSTPORT (a thread in
 //!    the client namespace polls: a connect attempt every 5 ms), and until `podman run -d`
 //!    returns; the container is removed after each run (not timed);
-//! 2. new connections/s (`bench-load --kind crr`, 4 threads) and request/response/s (`rr`)
-//!    through the published port of one container running the bench's echo server;
+//! 2. new connections/s (`bench-load --kind crr`, 4 threads) and request/response/s (`rr`,
+//!    unpinned, then with the client and the echo server pinned to the last CPU) through the
+//!    published port of one container running the bench's echo server;
 //! 3. the same with `--others` other containers per network each publishing
 //!    `--ports-per-other` ports (started interleaved, each `podman run -d` timed), the
 //!    measured echo container started after them, then (1) again.
