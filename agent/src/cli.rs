@@ -49,6 +49,9 @@ pub enum Cmd {
     /// Networks: subnets whose containers reach each other (ICC) and no other network's.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Cluster nodes (cluster mode).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Port maps (DNAT), Docker `-p` syntax.
     #[command(subcommand)]
     Port(PortCmd),
@@ -142,6 +145,24 @@ pub struct DaemonArgs {
     /// How often expired conntrack entries are removed, seconds.
     #[arg(long, default_value_t = 5)]
     pub ct_gc_interval: u64,
+    /// Cluster mode: networks, nodes and address blocks in this etcd
+    /// (etcd://HOST:PORT[,HOST:PORT...]); containers of other nodes reached over VXLAN.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, requires = "cluster")]
+    pub node_name: Option<String>,
+    /// The address other nodes send this node's VXLAN traffic to (default: the uplink's
+    /// primary address).
+    #[arg(long, requires = "cluster")]
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// Where in etcd the cluster's keys live.
+    #[arg(long, default_value = "/tollgate", requires = "cluster")]
+    pub cluster_prefix: String,
+    /// Seconds after which the other nodes drop a node whose daemon stopped renewing its
+    /// registration.
+    #[arg(long, default_value_t = 10, requires = "cluster")]
+    pub node_ttl: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -175,6 +196,15 @@ pub enum ContainerCmd {
     /// Delete a container network with its port maps and conntrack entries.
     Del { name: String },
     /// List containers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List the cluster's nodes: their name, underlay address, state (up or down), blocks, containers and when last seen.
     List {
         #[arg(long)]
         json: bool,

@@ -13,10 +13,11 @@ use crate::{
         Client,
     },
     cli::{
-        Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, LimitCmd, NetworkCmd, PolicyCmd, PortCmd,
+        Cli, Cmd, ConntrackCmd, ContainerCmd, DaemonArgs, LimitCmd, NetworkCmd, NodeCmd, PolicyCmd,
+        PortCmd,
     },
     model::{Action, AddSpec, DelSpec, Rate, RuleSpec},
-    node::{CtTimeouts, Settings},
+    node::{ClusterSettings, CtTimeouts, Settings},
 };
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Container(c) => container(&Client::new(sock)?, c),
         Cmd::Network(n) => network(&Client::new(sock)?, n),
+        Cmd::Node(NodeCmd::List { json }) => nodes(&Client::new(sock)?, json),
         Cmd::Port(p) => port(&Client::new(sock)?, p),
         Cmd::Conntrack(c) => conntrack(&Client::new(sock)?, c),
         Cmd::Policy(p) => policy(&Client::new(sock)?, p),
@@ -79,6 +81,23 @@ fn daemon(a: DaemonArgs, sock: &Path) -> Result<()> {
         },
         ct_gc_interval: std::time::Duration::from_secs(a.ct_gc_interval.max(1)),
         metrics: a.metrics,
+        cluster: match &a.cluster {
+            Some(url) => Some(ClusterSettings {
+                endpoints: crate::cluster::parse_cluster_url(url)
+                    .map_err(|e| anyhow::anyhow!("--cluster {url:?}: {e}"))?,
+                prefix: a.cluster_prefix.clone(),
+                node_name: match &a.node_name {
+                    Some(n) => n.clone(),
+                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .context("reading the host name (or give --node-name)")?
+                        .trim()
+                        .to_string(),
+                },
+                underlay_ip: a.underlay_ip,
+                ttl: std::time::Duration::from_secs(a.node_ttl.max(1)),
+            }),
+            None => None,
+        },
     };
     // Enter the node namespace before any other thread exists: tokio's workers inherit it.
     if let Some(ns) = &a.netns {
@@ -179,6 +198,43 @@ fn container(client: &Client, c: ContainerCmd) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn nodes(client: &Client, json: bool) -> Result<()> {
+    let v: Vec<api::NodeInfo> = client.get(paths::NODES)?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows = v
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                opt(n.underlay_ip),
+                n.state.clone(),
+                if n.blocks.is_empty() {
+                    "-".into()
+                } else {
+                    n.blocks.join(", ")
+                },
+                opt(n.containers),
+                opt(n.last_seen),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "UNDERLAY_IP",
+            "STATE",
+            "BLOCKS",
+            "CONTAINERS",
+            "LAST_SEEN",
+        ],
+        rows,
+    );
     Ok(())
 }
 

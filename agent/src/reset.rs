@@ -32,10 +32,14 @@ pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Pa
     let st = store::load_dir(state_dir)?;
     let mut errors: Vec<String> = Vec::new();
     let node_ns = netns_name.map(netns::named_path);
+    // The overlay's VXLAN device (cluster mode) goes too.
     let ifnames: Vec<String> = st
         .containers
         .values()
         .map(|c| c.host_ifname.clone())
+        .chain(std::iter::once(
+            datapath_common::overlay::OVERLAY_IFNAME.to_string(),
+        ))
         .collect();
     let del_links = move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -2,9 +2,11 @@
 //! that each test creates (unique names with the test name and PID), a daemon per sandbox
 //! running with `--netns`, the real `tollgate` CLI, and small TCP/UDP peers running on
 //! threads that entered a namespace; real podman and containerd in a sandbox (`runtime`); a real
-//! etcd in a namespace of its own (`etcd`).
+//! etcd in a namespace of its own (`etcd`); several daemons in cluster mode on one underlay
+//! (`cluster`).
 //! Everything is removed in `Drop`, also on panic.
 
+pub mod cluster;
 pub mod cni;
 pub mod etcd;
 pub mod net;

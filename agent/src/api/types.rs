@@ -34,6 +34,7 @@ pub mod paths {
     pub const CONTAINER_CONNTRACK: &str = "/v1/containers/{name}/conntrack";
     pub const SHUTDOWN: &str = "/v1/shutdown";
     pub const NETWORKS: &str = "/v1/networks";
+    pub const NODES: &str = "/v1/nodes";
     pub const NETWORK: &str = "/v1/networks/{name}";
     /// CNI attachments: `POST` (ADD, with the netns fd), `GET` (list), `DELETE` (DEL).
     pub const CNI_ATTACHMENTS: &str = "/v1/cni/attachments";
@@ -359,6 +360,22 @@ pub struct NetworkInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkDeleted {
     pub deleted: String,
+}
+
+/// A node of the cluster (`node list --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// None while the node is down (its registration is gone).
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// `up` (registered, its lease alive) or `down` (it holds blocks but is not registered).
+    pub state: String,
+    /// `BLOCK (NETWORK)` for each address block it holds.
+    pub blocks: Vec<String>,
+    /// Its containers (known for the node answering only).
+    pub containers: Option<usize>,
+    /// When the answering node last saw it registered (seconds since the Unix epoch).
+    pub last_seen: Option<u64>,
 }
 
 /// `POST /v1/cni/attachments`: a CNI ADD. The request carries an open fd of the container's

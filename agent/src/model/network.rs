@@ -25,6 +25,10 @@ pub struct Network {
     pub icc: bool,
     /// No masquerade, no way out of the node.
     pub internal: bool,
+    /// A cluster network (cluster mode): it lives in the store, `id` is its VNI, and each
+    /// node takes addresses from blocks of its subnet it claimed there.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 /// Network names follow container names' rules.

@@ -115,6 +115,10 @@ pub struct State {
     /// User-created networks by name (`default` is not stored: it is the daemon's `--pool`).
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// Cluster mode: the address blocks this node holds, by cluster network (a copy of what
+    /// the store says, so addresses are handed out while the store is unreachable).
+    #[serde(default)]
+    pub blocks: BTreeMap<String, Vec<ipnet::Ipv4Net>>,
 }
 
 impl State {

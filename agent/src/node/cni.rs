@@ -108,7 +108,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
         if self.state.containers.contains_key(&name) {
             fail!(Conflict, "container {name:?} already exists");
         }
-        let slot = self.plan_slot(&req.tollgate_network, req.ip)?;
+        let slot = self.plan_slot(&req.tollgate_network, req.ip).await?;
+        let mtu = self.mtu_for(&req.tollgate_network);
         let specs: Vec<AddSpec> = req
             .ports
             .iter()
@@ -152,7 +153,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 runtime_pid: req.runtime_pid.unwrap_or(0),
             }),
             network: req.tollgate_network.clone(),
-            mtu: 0,
+            mtu,
         };
         // The steps reach the namespace through the fd the runtime handed over: this
         // process's own /proc path to it stays valid for as long as `netns` is held.

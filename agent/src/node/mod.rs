@@ -2,6 +2,7 @@
 //! and the operations the API exposes. Every change goes through `tx::transact` (validate
 //! here, then apply, commit, undo on failure), so a refused or failed command changes nothing.
 
+pub mod cluster;
 pub mod cni;
 pub mod error;
 pub mod network;
@@ -60,6 +61,20 @@ pub struct Settings {
     /// How often the conntrack GC removes expired entries.
     pub ct_gc_interval: Duration,
     pub metrics: Option<std::net::SocketAddr>,
+    /// Cluster mode (`--cluster`).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `daemon --cluster ...`.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// `http://HOST:PORT` each.
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub node_name: String,
+    /// Default: the uplink's primary address.
+    pub underlay_ip: Option<Ipv4Addr>,
+    pub ttl: Duration,
 }
 
 /// The uplink as found at start-up.
@@ -76,6 +91,10 @@ pub struct Node<D, S> {
     store: S,
     uplink: Uplink,
     started: Instant,
+    /// Cluster mode: the store and what it last said.
+    cluster: Option<cluster::ClusterCtx>,
+    /// The MTU of cluster networks' containers and of the VXLAN device (cluster mode).
+    overlay_mtu: u32,
 }
 
 impl<D: Datapath, S: Store> Node<D, S> {
@@ -89,6 +108,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
             store,
             uplink,
             started: Instant::now(),
+            cluster: None,
+            overlay_mtu: 0,
         })
     }
 
@@ -131,6 +152,12 @@ impl<D: Datapath, S: Store> Node<D, S> {
     /// works. Pinned maps (conntrack included) are reused as they are; missing veths and
     /// namespaces are recreated; entries are rewritten from the state and stale ones removed.
     pub async fn start(&mut self) -> Result<()> {
+        // Cluster networks' containers and the VXLAN device fit the encapsulation inside
+        // the uplink's MTU.
+        if self.settings.cluster.is_some() {
+            let mtu = self.dp.link_mtu(self.uplink.ifindex).await?;
+            self.overlay_mtu = mtu.saturating_sub(datapath_common::overlay::OVERHEAD);
+        }
         let s = &self.settings;
         let setup = NodeSetup {
             uplink: s.uplink.clone(),
@@ -140,7 +167,9 @@ impl<D: Datapath, S: Store> Node<D, S> {
             pool: s.pool.net(),
             nat_ports: s.nat_ports.clone(),
             ct: s.ct,
-            overlay: None,
+            overlay: s.cluster.as_ref().map(|_| crate::datapath::OverlaySetup {
+                mtu: self.overlay_mtu,
+            }),
         };
         self.dp.setup_node(&setup).await?;
         self.sync_locals()?;
@@ -280,9 +309,13 @@ impl<D: Datapath, S: Store> Node<D, S> {
     }
 
     /// The /30 for a new container of `network`: the one of `ip` if asked for, else the
-    /// first free one.
-    fn plan_slot(&self, network: &str, ip: Option<Ipv4Addr>) -> Result<model::Slot> {
-        let pool = self.net_view(network)?.pool;
+    /// first free one (from this node's blocks for a cluster network).
+    async fn plan_slot(&mut self, network: &str, ip: Option<Ipv4Addr>) -> Result<model::Slot> {
+        let view = self.net_view(network)?;
+        if view.cluster {
+            return self.cluster_slot(network, ip).await;
+        }
+        let pool = view.pool;
         let used: HashSet<Ipv4Addr> = self.state.containers.values().map(|c| c.ip).collect();
         Ok(match ip {
             Some(ip) => {
@@ -299,6 +332,15 @@ impl<D: Datapath, S: Store> Node<D, S> {
         })
     }
 
+    /// The MTU of a new container's veth: the overlay's on a cluster network, else the
+    /// kernel's default.
+    fn mtu_for(&self, network: &str) -> u32 {
+        match self.state.networks.get(network) {
+            Some(n) if n.cluster => self.overlay_mtu,
+            _ => 0,
+        }
+    }
+
     pub async fn container_add(&mut self, req: api::ContainerCreate) -> Result<api::ContainerInfo> {
         let name = req.name.as_str();
         model::state::validate_name(name).kind(Kind::BadInput)?;
@@ -306,7 +348,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
             fail!(Conflict, "container {name:?} already exists");
         }
         let network = network::or_default(req.network.as_deref()).to_string();
-        let slot = self.plan_slot(&network, req.ip)?;
+        let slot = self.plan_slot(&network, req.ip).await?;
+        let mtu = self.mtu_for(&network);
         let netns = if let Some(p) = &req.netns {
             if !self.dp.netns_exists(p) {
                 fail!(BadInput, "network namespace {} does not exist", p.display());
@@ -336,7 +379,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             ifname: model::DEFAULT_IFNAME.to_string(),
             cni: None,
             network,
-            mtu: 0,
+            mtu,
         };
         let mut next = self.state.clone();
         next.containers.insert(name.to_string(), c.clone());
@@ -354,6 +397,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
     /// Removes a container with its port maps, links, policy, limits and conntrack entries.
     pub async fn container_del(&mut self, name: &str) -> Result<api::Deleted> {
         let c = self.container(name)?.clone();
+        let network = c.network.clone();
         let maps = self.state.ports.get(name).cloned().unwrap_or_default();
         let mut next = self.state.clone();
         next.containers.remove(name);
@@ -384,6 +428,9 @@ impl<D: Datapath, S: Store> Node<D, S> {
         })
         .await?;
         info!(container = name, "container deleted");
+        if self.state.networks.get(&network).is_some_and(|n| n.cluster) {
+            self.release_empty_blocks(&network).await;
+        }
         Ok(api::Deleted { deleted: name_s })
     }
 

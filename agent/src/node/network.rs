@@ -25,6 +25,8 @@ pub struct NetView {
     pub pool: Pool,
     pub icc: bool,
     pub internal: bool,
+    /// Addresses come from this node's blocks (cluster mode), not from `pool`.
+    pub cluster: bool,
 }
 
 impl<D: Datapath, S: Store> Node<D, S> {
@@ -36,6 +38,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 pool: self.settings.pool.clone(),
                 icc: self.settings.icc,
                 internal: false,
+                cluster: false,
             });
         }
         let Some(n) = self.state.networks.get(name) else {
@@ -49,6 +52,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             pool: Pool::new(n.subnet).kind(Kind::Internal)?,
             icc: n.icc,
             internal: n.internal,
+            cluster: n.cluster,
         })
     }
 
@@ -69,6 +73,18 @@ impl<D: Datapath, S: Store> Node<D, S> {
         network::validate_name(name).kind(Kind::BadInput)?;
         if name == DEFAULT_NETWORK || self.state.networks.contains_key(name) {
             fail!(Conflict, "network {name:?} already exists");
+        }
+        if self.cluster.is_some() {
+            let subnet = match &req.subnet {
+                Some(s) => Some(
+                    s.parse::<Ipv4Net>()
+                        .map_err(|e| anyhow::anyhow!("--subnet {s:?} is not an IPv4 CIDR: {e}"))
+                        .kind(Kind::BadInput)?
+                        .trunc(),
+                ),
+                None => None,
+            };
+            return self.cluster_network_create(req, subnet).await;
         }
         let taken = self.subnets();
         let subnet = if let Some(s) = &req.subnet {
@@ -106,6 +122,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             subnet,
             icc: !req.no_icc,
             internal: req.internal,
+            cluster: false,
         };
         let mut next = self.state.clone();
         next.networks.insert(name.to_string(), n.clone());
@@ -141,21 +158,25 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 attached.join(", ")
             );
         }
-        let mut next = self.state.clone();
-        next.networks.remove(name);
-        self.transact(Change {
-            next,
-            commit: Commit::Snapshot,
-            steps: Vec::new(),
-        })
-        .await?;
+        if self.state.networks.get(name).is_some_and(|n| n.cluster) {
+            self.cluster_network_rm(name).await?;
+        } else {
+            let mut next = self.state.clone();
+            next.networks.remove(name);
+            self.transact(Change {
+                next,
+                commit: Commit::Snapshot,
+                steps: Vec::new(),
+            })
+            .await?;
+        }
         info!(network = name, "network removed");
         Ok(api::NetworkDeleted {
             deleted: name.to_string(),
         })
     }
 
-    fn network_info(&self, name: &str) -> api::NetworkInfo {
+    pub(super) fn network_info(&self, name: &str) -> api::NetworkInfo {
         let containers = self
             .state
             .containers
@@ -166,8 +187,8 @@ impl<D: Datapath, S: Store> Node<D, S> {
             Some(n) => api::NetworkInfo {
                 name: n.name.clone(),
                 subnet: n.subnet.to_string(),
-                scope: "local".into(),
-                vni: None,
+                scope: if n.cluster { "cluster" } else { "local" }.into(),
+                vni: n.cluster.then_some(n.id),
                 icc: n.icc,
                 internal: n.internal,
                 containers,

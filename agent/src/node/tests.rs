@@ -38,6 +38,7 @@ pub(crate) fn settings() -> Settings {
         },
         ct_gc_interval: Duration::from_secs(5),
         metrics: None,
+        cluster: None,
     }
 }
 

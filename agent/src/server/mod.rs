@@ -5,7 +5,9 @@
 pub mod metrics;
 pub mod routes;
 
-use std::{os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap, net::Ipv4Addr, os::unix::fs::PermissionsExt, sync::Arc, time::Duration,
+};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -21,9 +23,10 @@ use crate::{
         fdpass::{FdStream, Received},
         types::cni_queue_dir,
     },
+    cluster::{Cluster, ClusterConfig, ClusterView},
     datapath::{kernel::KernelDatapath, Datapath, PROG_FROM_UPLINK},
     netlink::{addr, link},
-    node::{Node, Settings, Uplink},
+    node::{cluster::ClusterCtx, ClusterSettings, Node, Settings, Uplink},
     store::{FileStore, Store},
 };
 pub use routes::{router, App};
@@ -39,6 +42,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         warn!(uplink = %settings.uplink, "the uplink has no IPv4 address yet; port maps answer on 127.0.0.1 and gateways only");
     }
     let socket = settings.socket.clone();
+    let cluster = match &settings.cluster {
+        Some(cs) => Some(cluster_config(cs, &ips)?),
+        None => None,
+    };
     let mut node = Node::new(settings, Uplink { ifindex, ips }, dp, store).map_err(|e| e.err)?;
     node.start().await.map_err(|e| e.err)?;
     // DELs the CNI plugin queued while no daemon answered: done before serving, so a runtime
@@ -58,6 +65,20 @@ pub async fn run(settings: Settings) -> Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %socket.display(), "tollgate daemon ready");
 
+    let handle = match cluster {
+        Some(cfg) => {
+            let name = cfg.node_name.clone();
+            let handle = Cluster::connect(cfg).await.map_err(|e| e.err)?;
+            node.set_cluster(ClusterCtx {
+                handle: handle.clone(),
+                node_name: name,
+                view: ClusterView::default(),
+                last_seen: BTreeMap::new(),
+            });
+            Some(handle)
+        }
+        None => None,
+    };
     let gc_every = node.settings.ct_gc_interval;
     let metrics_addr = node.settings.metrics;
     let node = Arc::new(Mutex::new(node));
@@ -66,6 +87,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         node: node.clone(),
         stop: Some(stop_tx),
     };
+    if let Some(h) = handle {
+        follow_cluster(node.clone(), h);
+    }
     spawn_conntrack_gc(node, gc_every);
     if let Some(addr) = metrics_addr {
         metrics::serve(addr, app.clone()).await?;
@@ -127,6 +151,42 @@ impl Connected<IncomingStream<'_, FdListener>> for Received {
     fn connect_info(stream: IncomingStream<'_, FdListener>) -> Self {
         stream.remote_addr().clone()
     }
+}
+
+/// The cluster store's settings for this node; the underlay address defaults to the
+/// uplink's primary one.
+fn cluster_config(cs: &ClusterSettings, uplink_ips: &[Ipv4Addr]) -> Result<ClusterConfig> {
+    let underlay = cs
+        .underlay_ip
+        .or_else(|| uplink_ips.first().copied())
+        .context(
+            "cluster mode needs an underlay address: the uplink has none yet; give --underlay-ip",
+        )?;
+    let mut cfg = ClusterConfig::new(cs.endpoints.clone(), &cs.node_name, underlay);
+    cfg.prefix.clone_from(&cs.prefix);
+    cfg.ttl = cs.ttl;
+    Ok(cfg)
+}
+
+/// Registers the node and applies every view of the store as it changes. Both go on in the
+/// background, retrying while the store is down: the node serves its containers from its
+/// own state meanwhile, and catches up when the store answers.
+fn follow_cluster<D: Datapath, S: Store>(node: Arc<Mutex<Node<D, S>>>, handle: Cluster) {
+    let mut views = handle.watch();
+    tokio::spawn(async move {
+        if let Err(e) = handle.register().await {
+            warn!("registering in the cluster store (retrying in the background): {e}");
+        }
+        loop {
+            let view = views.borrow_and_update().clone();
+            if let Err(e) = node.lock().await.apply_view(view).await {
+                warn!("applying the cluster view: {}", e.err);
+            }
+            if views.changed().await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Forwards the programs' aya-log records to `tracing` (debug level is set by the programs;

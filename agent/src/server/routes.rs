@@ -138,6 +138,7 @@ pub fn router<D: Datapath, S: Store>(app: App<D, S>) -> Router {
             paths::NETWORK,
             get(network_get::<D, S>).delete(network_rm::<D, S>),
         )
+        .route(paths::NODES, get(nodes::<D, S>))
         .route(paths::CNI_CHECK, post(cni_check::<D, S>))
         .route(paths::CNI_GC, post(cni_gc::<D, S>))
         .route(paths::SHUTDOWN, post(shutdown::<D, S>))
@@ -168,6 +169,10 @@ async fn container_add<D: Datapath, S: Store>(
     let req: api::ContainerCreate = body(&b)?;
     let c = app.node.lock().await.container_add(req).await?;
     Ok((StatusCode::CREATED, Json(c)))
+}
+
+async fn nodes<D: Datapath, S: Store>(State(app): State<App<D, S>>) -> Answer<Vec<api::NodeInfo>> {
+    Ok(Json(app.node.lock().await.node_list()?))
 }
 
 async fn networks<D: Datapath, S: Store>(
