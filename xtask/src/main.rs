@@ -5,7 +5,7 @@
 //!   CNI plugin `tollgate-cni`.
 //! - `cargo xtask install-cni DIR`: build, then install the CNI plugin as `DIR/tollgate`.
 //! - `cargo xtask test`: setup, lint, build, unit tests, then the privileged integration tests.
-//! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
+//! - `cargo xtask build-and-run`: build, then run `tollgate demo` and `tollgate demo --cluster`.
 //! - `cargo xtask package [--no-build] [--out DIR]`: build, then the Debian package.
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
 //!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
@@ -57,7 +57,8 @@ enum Task {
     /// Setup, lint (fmt, clippy), build, run the unit tests, then the privileged integration
     /// tests (crate tollgate-tests) against target/release/tollgate.
     Test(test::TestArgs),
-    /// Build (release), then run `tollgate demo`; exits with the demo's exit status.
+    /// Build (release), then run `tollgate demo` (one node) and `tollgate demo --cluster` (two
+    /// nodes and an etcd member); fails if either demo fails.
     BuildAndRun(run::RunArgs),
     /// Setup, build, then the Debian package (tollgate, the CNI plugin, tollgate.service,
     /// completions, man pages) in target/debian (--out).
