@@ -2,10 +2,10 @@
 //! agent's stats and metrics (`DropReason::name`).
 //!
 //! Slot numbers are stable across versions (a pinned `TG_EP_STATS` keeps counting across an
-//! upgrade): slots 0 (`malformed`, which never dropped anything: malformed packets pass
-//! untouched) and 2 (`internal`, the old catch-all, now split by the step that failed) are
-//! retired; slot 2 still holds what an older datapath counted there, and the agent adds it to
-//! the `internal` total (`internal_total`).
+//! upgrade): slot 2 (`internal`, the old catch-all, now split by the step that failed) is
+//! retired; it still holds what an older datapath counted there, and the agent adds it to the
+//! `internal` total (`internal_total`). Slot 0 was `malformed`, which never dropped anything
+//! (malformed packets pass untouched), so it held only zeros and now counts `frag_no_head`.
 
 /// Slots of `EpStats.drops` (including the retired ones).
 pub const DROP_REASONS: usize = 12;
@@ -15,6 +15,10 @@ pub const INTERNAL_RETIRED_SLOT: usize = 2;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
+    /// A later fragment of a datagram whose first fragment was not seen (out of order, or
+    /// before the datapath started): it cannot be translated, and sending it on untranslated
+    /// would leak a container's address.
+    FragNoHead = 0,
     /// Published port with no usable backend.
     NoMapping = 1,
     /// An egress policy rule or the default stance denied a new flow.
@@ -38,7 +42,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
+        DropReason::FragNoHead,
         DropReason::NoMapping,
         DropReason::Policy,
         DropReason::Icc,
@@ -63,6 +68,7 @@ impl DropReason {
     /// The global `TG_COUNTERS` index that also counts this reason.
     pub const fn counter(self) -> u32 {
         match self {
+            DropReason::FragNoHead => crate::stats::CNT_DROP_FRAG,
             DropReason::NoMapping => crate::stats::CNT_DROP_NO_MAPPING,
             DropReason::Policy => crate::stats::CNT_DROP_POLICY,
             DropReason::Icc => crate::stats::CNT_DROP_ICC,
@@ -78,6 +84,7 @@ impl DropReason {
 
     pub const fn name(self) -> &'static str {
         match self {
+            DropReason::FragNoHead => "frag_no_head",
             DropReason::NoMapping => "no_mapping",
             DropReason::Policy => "policy",
             DropReason::Icc => "icc",
@@ -107,11 +114,11 @@ mod tests {
     use super::{internal_total, DropReason, DROP_REASONS, INTERNAL_RETIRED_SLOT};
 
     #[test]
-    fn slots_are_distinct_in_range_and_skip_the_retired_ones() {
+    fn slots_are_distinct_in_range_and_skip_the_retired_one() {
         let mut seen = [false; DROP_REASONS];
         for r in DropReason::ALL {
             let i = r as usize;
-            assert!(i < DROP_REASONS && i != 0 && i != INTERNAL_RETIRED_SLOT);
+            assert!(i < DROP_REASONS && i != INTERNAL_RETIRED_SLOT);
             assert!(!seen[i], "slot {i} twice");
             seen[i] = true;
         }

@@ -43,9 +43,11 @@ pub const CNT_DROP_REDIRECT: u32 = 26;
 /// (`from_overlay`, delivered to a container).
 pub const CNT_OVERLAY_TX: u32 = 27;
 pub const CNT_OVERLAY_RX: u32 = 28;
+/// Dropped: a later fragment of a datagram whose first fragment was not seen (`frag_no_head`).
+pub const CNT_DROP_FRAG: u32 = 29;
 pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 29] = [
+pub const NAMES: [&str; 30] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -75,6 +77,7 @@ pub const NAMES: [&str; 29] = [
     "drop_redirect",
     "overlay_tx",
     "overlay_rx",
+    "drop_frag",
 ];
 
 #[cfg(test)]

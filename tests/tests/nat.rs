@@ -738,7 +738,9 @@ fn an_upgrade_migrates_older_map_layouts_mid_transfer() {
         flows.iter().any(|f| f["packets"].as_u64().unwrap_or(0) > 0),
         "{flows:?}"
     );
-    // The per-CPU counters came over too, and go on counting.
+    // The per-CPU counters came over too, and go on counting (a request after the upgrade:
+    // on a loaded machine the transfer may have finished while the daemon was down).
+    tcp_request(&ns, sb.client_ip, 80, "after the upgrade").unwrap();
     let tx_after = sb.json(&["stats", &a])["tx_packets"].as_u64().unwrap();
     assert!(tx_after > tx_before, "tx_packets {tx_before} -> {tx_after}");
 }

@@ -85,6 +85,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     let mut pkt = match Packet::parse(ctx) {
         Ok(pkt) => pkt,
         Err(Skip::OtherProto) => return other_proto(ctx, ep, cfg, ip.daddr, ip.protocol),
+        Err(Skip::Fragment) => return Err(headless_fragment(ip.daddr)),
         Err(s) => return Err(s.into()),
     };
     let now = conntrack::now_ns();
@@ -240,6 +241,18 @@ fn other_proto(
     }
     policy::new_flow(ep, peer.as_ref(), cfg, daddr, proto, 0)?;
     Err(Skip::OtherProto.into())
+}
+
+/// A later fragment whose first fragment was not seen: it passes to the node or another
+/// container (untranslated is right there), but anything that would leave translated is
+/// dropped rather than leak the container's address.
+#[inline(always)]
+fn headless_fragment(daddr: u32) -> Stop {
+    if lookup::is_local(daddr) || lookup::endpoint(daddr).is_some() {
+        Skip::Fragment.into()
+    } else {
+        DropReason::FragNoHead.into()
+    }
 }
 
 /// What happens to a packet that may not open a flow and has no entry (module docs).

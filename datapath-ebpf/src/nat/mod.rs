@@ -57,8 +57,11 @@ fn rewrite(
     } else {
         0
     };
+    // A later fragment has no L4 header: its addresses only (the first fragment carries the
+    // ports and the checksum, which covers the whole datagram).
+    let l4 = !pkt.later_fragment;
     if old_ip != ip {
-        if !icmp {
+        if !icmp && l4 {
             ctx.l4_csum_replace(
                 csum_off,
                 u64::from(old_ip),
@@ -79,7 +82,7 @@ fn rewrite(
         let block: [u8; 10] = [c[0], c[1], s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]];
         packet::write(ctx, IP_CSUM_OFF, &block)?;
     }
-    if old_port != port {
+    if old_port != port && l4 {
         ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled0 | 2)
             .map_err(|_| DropReason::CsumFailed)?;
         packet::write(ctx, port_off, &port)?;

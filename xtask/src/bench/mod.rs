@@ -12,6 +12,7 @@
 //!
 //! See docs/benchmarks.md for the workloads and the latest numbers.
 
+pub mod cni;
 mod report;
 mod sandbox;
 pub mod tools;
