@@ -493,11 +493,62 @@ fn flow_steps(r: &mut Rng, d: &mut dyn Driver, p0: &P, prog: Prog, dev: &'static
                     d.send(Prog::ToContainer, e.dev, got.build(), "delivered");
                 }
             }
+            // A's or B's next datagram, fragmented: in order, out of order, or with a
+            // fragment lost or mutated.
+            92..=95 => {
+                let mut p = if r.chance(0.7) {
+                    a_last.clone()
+                } else if let Some(b) = b_last.clone() {
+                    b
+                } else {
+                    continue;
+                };
+                next_segment(r, &mut p);
+                send_fragmented(r, d, &p);
+            }
             // A duplicate, or a mutated copy, of A's first packet.
             _ => {
                 send_p(r, d, p0, 0.5, "A's first again");
             }
         }
+    }
+}
+
+/// `p` with a payload worth fragmenting, sent as fragments where its source sends from.
+fn send_fragmented(r: &mut Rng, d: &mut dyn Driver, p: &P) {
+    let mut p = p.clone();
+    let n = 24 + r.below(120) as usize;
+    match &mut p.l4 {
+        L4::Tcp { payload, .. } | L4::Udp { payload, .. } | L4::Icmp { payload, .. } => {
+            *payload = r.bytes(n);
+        }
+        L4::Raw { .. } => {}
+    }
+    p.frag_off = 0;
+    p.id = r.u16();
+    let chunk = 8 * (1 + r.below(6) as usize);
+    let mut frames = fragments(&p, chunk);
+    let how = match r.below(10) {
+        0..=5 => "in order",
+        6 | 7 => {
+            frames.reverse();
+            "last first"
+        }
+        8 => {
+            let i = r.below(frames.len() as u64) as usize;
+            frames.remove(i);
+            "one lost"
+        }
+        _ => {
+            let i = r.below(frames.len() as u64) as usize;
+            mutate_bytes(r, &mut frames[i], ETH_HLEN);
+            "one mutated"
+        }
+    };
+    let (prog, dev) = entry(d.world(), p.src);
+    let total = frames.len();
+    for (i, f) in frames.into_iter().enumerate() {
+        d.send(prog, dev, f, &format!("fragment {i}/{total} ({how})"));
     }
 }
 

@@ -65,6 +65,7 @@ use datapath_common::{
     conntrack::{CtEntry, CtKey},
     drop::DropReason,
     endpoint::{Endpoint, EpStats, LinkKey, PolicyChain, PolicyKey},
+    frag::{FragKey, FragPorts},
     maps,
     overlay::Remote,
     portmap::{PortKey, PortValue},
@@ -100,6 +101,7 @@ pub struct Maps {
     config: Array<MapData, Config>,
     remotes: LpmTrie<MapData, u32, Remote>,
     ratelimit: Array<MapData, RateLimit>,
+    frags: HashMap<MapData, FragKey, FragPorts>,
     counters: PerCpuArray<MapData, u64>,
     ep_stats: PerCpuArray<MapData, EpStats>,
 }
@@ -121,6 +123,7 @@ impl Maps {
             config: take(maps::CONFIG)?.try_into()?,
             remotes: take(maps::REMOTES)?.try_into()?,
             ratelimit: take(maps::RATELIMIT)?.try_into()?,
+            frags: take(maps::FRAGS)?.try_into()?,
             counters: take(maps::COUNTERS)?.try_into()?,
             ep_stats: take(maps::EP_STATS)?.try_into()?,
         })
@@ -136,6 +139,7 @@ impl Maps {
             Ok(())
         }
         clear(&mut self.ct)?;
+        clear(&mut self.frags)?;
         clear(&mut self.portmap)?;
         clear(&mut self.local)?;
         clear(&mut self.endpoints)?;
@@ -240,12 +244,40 @@ impl Maps {
         Ok(out)
     }
 
+    /// Empties `TG_CT` and `TG_FRAGS` (between scenarios).
     fn ct_clear(&mut self) -> anyhow::Result<()> {
         let keys: Vec<CtKey> = self.ct.keys().collect::<Result<_, _>>()?;
         for k in keys {
             let _ = self.ct.remove(&k);
         }
+        let keys: Vec<FragKey> = self.frags.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            let _ = self.frags.remove(&k);
+        }
         Ok(())
+    }
+
+    fn frags_dump(&self) -> anyhow::Result<BTreeMap<model::FragKey, model::FragPorts>> {
+        let mut out = BTreeMap::new();
+        for k in self.frags.keys() {
+            let k = k?;
+            if let Ok(v) = self.frags.get(&k, 0) {
+                out.insert(
+                    model::FragKey {
+                        saddr: k.saddr.to_ne_bytes(),
+                        daddr: k.daddr.to_ne_bytes(),
+                        id: u16::from_be(k.id),
+                        proto: k.proto,
+                    },
+                    model::FragPorts {
+                        sport: u16::from_be(v.sport),
+                        dport: u16::from_be(v.dport),
+                        icmp_type: v.icmp_type,
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
     fn counters(&self) -> anyhow::Result<Vec<u64>> {
@@ -411,6 +443,38 @@ impl<'b, 'a> Runner<'b, 'a> {
             self.fail(
                 &format!("conntrack differs: {}", kinds.join("; ")),
                 diffs.join("\n"),
+            );
+        }
+        let real = self.bench.maps.frags_dump()?;
+        let want: BTreeMap<_, _> = self.model.frags.iter().map(|(k, v)| (*k, *v)).collect();
+        if real != want {
+            let show = |m: &BTreeMap<model::FragKey, model::FragPorts>| {
+                m.iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{} -> {} id {} /{}: {}:{} type {}",
+                            wire::ip_str(k.saddr),
+                            wire::ip_str(k.daddr),
+                            k.id,
+                            k.proto,
+                            v.sport,
+                            v.dport,
+                            v.icmp_type
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let kind = if real.len() > want.len() {
+                "TG_FRAGS holds a datagram the model did not record"
+            } else if real.len() < want.len() {
+                "TG_FRAGS lacks a datagram the model recorded"
+            } else {
+                "TG_FRAGS differs"
+            };
+            self.fail(
+                kind,
+                format!("  TG_FRAGS {}\n  model    {}", show(&real), show(&want)),
             );
         }
         let fx = std::mem::take(&mut self.model.fx);
@@ -707,10 +771,15 @@ impl gen::Driver for Runner<'_, '_> {
             _ => "rewrite",
         };
         let last = trace.last().map_or("", String::as_str);
+        let later = if trace.iter().any(|t| t.contains("later fragment")) {
+            " (later fragment)"
+        } else {
+            ""
+        };
         *self
             .bench
             .paths
-            .entry(format!("{} {kind:8} {}", prog.name(), class(last)))
+            .entry(format!("{} {kind:8} {}{later}", prog.name(), class(last)))
             .or_default() += 1;
         if self.verbose {
             println!(
@@ -883,6 +952,18 @@ fn setup<'a>(bpf: &'a mut Ebpf) -> anyhow::Result<(Bench<'a>, Net)> {
             (*p, c)
         })
         .collect();
+    // How close each program is to the verifier's 1,000,000-instruction budget.
+    let verified: Vec<String> = PROGS
+        .iter()
+        .map(|p| {
+            let n = progs[p]
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
+            format!("{} {}", p.name(), n.map_or("?".into(), |n| n.to_string()))
+        })
+        .collect();
+    println!("prog_fuzz: verified instructions: {}", verified.join(", "));
     let refusals = probe_refusals(progs[&Prog::FromUplink], net.ifindex["tgt0"]);
     let can_age = monotonic_ns() > 2 * u64::from(world::TIMEOUTS.1) * 1_000_000_000;
     println!(

@@ -41,6 +41,16 @@ pub fn all() -> Vec<Regression> {
                    (passes untouched), whatever follows in the frame",
             run: quote_cut_by_tot_len,
         },
+        Regression {
+            name: "a fragmented ping with identifier 0 leaving a container (known deviation, \
+                   model::KNOWN_FRAG_ZERO_PORTS: its later fragments are frag_no_head today)",
+            run: fragmented_ping_id_zero,
+        },
+        Regression {
+            name: "a fragmented UDP datagram through a port map, its later fragments first \
+                   (headless: passed to the node) and then in order (translated)",
+            run: fragmented_port_map,
+        },
     ]
 }
 
@@ -183,4 +193,29 @@ fn quote_cut_by_tot_len(d: &mut dyn Driver) {
         e,
         "time exceeded, tot_len short of the quote",
     );
+}
+
+fn fragmented_ping_id_zero(d: &mut dyn Driver) {
+    let mut ping = P::echo(C1, CLIENT, ICMP_ECHO, 0);
+    if let L4::Icmp { payload, .. } = &mut ping.l4 {
+        *payload = vec![0x61; 40];
+    }
+    for (i, f) in fragments(&ping, 16).into_iter().enumerate() {
+        send(d, Prog::FromContainer, "tgh1", f, &format!("fragment {i}"));
+    }
+}
+
+fn fragmented_port_map(d: &mut dyn Driver) {
+    let mut p = P::udp(CLIENT, 40001, HOST, 5353);
+    if let L4::Udp { payload, .. } = &mut p.l4 {
+        *payload = vec![0x62; 40];
+    }
+    p.id = 0x4242;
+    let frames = fragments(&p, 16);
+    for f in frames.iter().rev() {
+        send(d, Prog::FromUplink, "tgt0", f.clone(), "last first");
+    }
+    for f in frames {
+        send(d, Prog::FromUplink, "tgt0", f, "in order");
+    }
 }

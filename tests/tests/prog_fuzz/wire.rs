@@ -433,6 +433,35 @@ impl P {
     }
 }
 
+/// The frames of `p`'s datagram cut into fragments of `chunk` bytes of IP payload (a multiple
+/// of 8; the last one shorter), in order: the first (MF, offset 0) holds the L4 header.
+pub fn fragments(p: &P, chunk: usize) -> Vec<Vec<u8>> {
+    let ip = p.ip_bytes();
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let payload = &ip[ihl..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let n = chunk.min(payload.len() - off);
+        let last = off + n == payload.len();
+        let mut h = ip[..ihl].to_vec();
+        put16(&mut h, 2, (ihl + n) as u16);
+        put16(&mut h, 6, (off / 8) as u16 | if last { 0 } else { IP_MF });
+        put16(&mut h, 10, 0);
+        let c = csum::checksum(&h);
+        put16(&mut h, 10, c);
+        let mut f = Vec::with_capacity(ETH_HLEN + ihl + n);
+        f.extend_from_slice(&p.dst_mac);
+        f.extend_from_slice(&p.src_mac);
+        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        f.extend_from_slice(&h);
+        f.extend_from_slice(&payload[off..off + n]);
+        out.push(f);
+        off += n;
+    }
+    out
+}
+
 /// Whether every checksum of a well-formed IPv4 frame is right, computed from scratch: the
 /// IPv4 header, the TCP/UDP (pseudo-header, datagram length) or ICMP checksum, and for an
 /// ICMP error the quoted header's. `Err` names the first wrong one.
