@@ -20,7 +20,14 @@
 //! that scenario with the state checked after every case and the model's path printed.
 //!
 //! `cargo test -p tollgate-tests --test prog_fuzz -- --nocapture` (root; the eBPF object
-//! built, see `prog_harness`).
+//! built, see `prog_harness`). `TOLLGATE_FUZZ_PATHS=1` prints how many cases took each path.
+//!
+//! What `BPF_PROG_TEST_RUN` cannot show: skbs are `CHECKSUM_NONE` and linear (the
+//! `CHECKSUM_PARTIAL`/`COMPLETE` handling of the checksum helpers, e.g. `BPF_F_PSEUDO_HDR`,
+//! and the `bpf_skb_load_bytes` paths for paged headers are not exercised), redirects are not
+//! carried out (the verdict and the frame are compared, not where it goes), `from_overlay`
+//! has no tunnel metadata (it always drops `no_mapping` here), rate limits are made
+//! all-or-nothing (no timing), and one CPU runs everything.
 
 #![expect(
     clippy::cast_possible_truncation,

@@ -17,14 +17,21 @@
 //!   header must lie inside the datagram), not against the frame, which may be cut short or
 //!   carry a trailer (Ethernet padding) after the datagram. Bytes after `tot_len` are never
 //!   read as headers nor written.
-//! - Later fragments (offset != 0) carry no L4 header: passed untouched (counted), the first
-//!   fragment is translated like an unfragmented packet.
+//! - Fragments (design.md "Fragments"): a first fragment records its ports, a later one
+//!   takes them and only its IP header is translated; a later fragment whose first was not
+//!   seen passes untouched towards the node or a container, and is dropped (`FragNoHead`)
+//!   leaving a container for anywhere else. One known deviation is followed while it is open:
+//!   `KNOWN_FRAG_ZERO_PORTS`.
 //! - An ICMP error quotes the packet it answers inside its own datagram; the quoted header's
 //!   fragment offset and length are not looked at, only its addresses and ports.
 //! - A new flow's two conntrack halves start fresh (no state bits): a fresh SYN reusing a
 //!   closing tuple, or a tuple whose entries expired, is a new connection (design.md); an
 //!   existing live half with the same translation is kept as it is only when the flow goes
 //!   on (an uplink packet recreating a lost original half).
+//! - The rest mirrors the documented paths: the flow kinds and halves of `conntrack::classify`,
+//!   `needs_sync` and `touch`, masquerade's port search (the same candidate sequence, so the
+//!   port is predicted exactly), policy (links, ICC, networks, `--internal`, longest-prefix
+//!   chains, default stance), the FIB's answers (`Net`), rate limits that are all or nothing.
 
 use std::collections::{BTreeMap, HashMap};
 
