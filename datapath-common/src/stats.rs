@@ -43,9 +43,12 @@ pub const CNT_DROP_REDIRECT: u32 = 26;
 /// (`from_overlay`, delivered to a container).
 pub const CNT_OVERLAY_TX: u32 = 27;
 pub const CNT_OVERLAY_RX: u32 = 28;
+/// Packets to the outside with no live conntrack entry that could neither open nor pick up
+/// a flow (`DropReason::CtInvalid`): dropped.
+pub const CNT_DROP_CT_INVALID: u32 = 29;
 pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 29] = [
+pub const NAMES: [&str; 30] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -75,6 +78,7 @@ pub const NAMES: [&str; 29] = [
     "drop_redirect",
     "overlay_tx",
     "overlay_rx",
+    "drop_ct_invalid",
 ];
 
 #[cfg(test)]

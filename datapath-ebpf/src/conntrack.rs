@@ -23,6 +23,7 @@ use datapath_common::{
         CT_SNAT,
     },
     drop::DropReason,
+    proto,
     stats::CNT_CT_CREATED,
 };
 
@@ -30,7 +31,7 @@ use crate::{
     config,
     maps::{TG_CT, TG_CT_SCRATCH},
     mem,
-    packet::{Packet, ICMP_ECHO_REPLY},
+    packet::{Packet, ICMP_ECHO_REPLY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     verdict,
 };
 
@@ -87,6 +88,16 @@ pub fn new_entry(
 #[inline(always)]
 pub fn key_of(pkt: &Packet) -> CtKey {
     make_key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
+}
+
+/// Whether a packet that does not open a flow (`Packet::opens_flow`) and has no live entry
+/// starts tracking one anyway: a mid-stream TCP segment with ACK and without SYN, FIN or RST,
+/// which Linux's conntrack picks up by default (`nf_conntrack_tcp_loose`), e.g. the next
+/// segment of a connection whose entries expired while it was idle. (A SYN-ACK, FIN or RST
+/// without an entry is INVALID to Linux: no new flow.)
+#[inline(always)]
+pub fn picks_up(pkt: &Packet) -> bool {
+    pkt.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK
 }
 
 #[inline(always)]

@@ -23,11 +23,16 @@
 //! next hop as the FIB last gave it, cached in the flow's conntrack entry for a second.
 //!
 //! Only a packet that `opens_flow` (UDP, ICMP echo request, TCP SYN without ACK) creates
-//! conntrack entries. Any other packet without an entry is the answer to something the
-//! datapath did not see open: it passes untouched when it goes to a node address (the node's
-//! own sockets judge it, e.g. a container answering a connection the node made) or to a
-//! container this one may reach (ICC on or linked); otherwise it is dropped (`Icc` towards
-//! a container, `Policy` towards the outside, which could not be masqueraded anyway).
+//! conntrack entries, and a mid-stream TCP segment (ACK without SYN/FIN/RST) towards the
+//! outside or a published port, which is picked up as Linux's conntrack does
+//! (`conntrack::picks_up`: judged and translated like a new flow; a masqueraded flow whose
+//! entries expired usually gets its old port back, the search starting where it started).
+//! Any other packet without an entry is the answer to something the datapath did not see
+//! open: it passes untouched when it goes to a node address (the node's own sockets judge it,
+//! e.g. a container answering a connection the node made) or to a container this one may
+//! reach (ICC on or linked); otherwise it is dropped (`Icc` towards a container, `CtInvalid`
+//! towards the outside: a SYN-ACK, FIN, RST or echo reply of no live flow, which could not be
+//! masqueraded anyway).
 //! ICMP errors a container sends are answers and pass; those about a flow that reached it
 //! translated (port map, hairpin, masquerade reply) are translated back like the flow's other
 //! packets (`nat::icmp::container_error`) and forwarded. IP protocols other than TCP/UDP/ICMP
@@ -182,7 +187,7 @@ fn new_flow(
             return Ok((e, Some(other), None));
         }
     }
-    if !pkt.opens_flow() {
+    if !pkt.opens_flow() && !(conntrack::picks_up(pkt) && picked_up_here(pkt, peer.as_ref())) {
         return Err(unopened(pkt, ep, peer.as_ref(), cfg));
     }
     // A published port: allowed whatever ICC says (that is what publishing is for), but the
@@ -253,8 +258,19 @@ fn unopened(pkt: &Packet, ep: &Endpoint, peer: Option<&Endpoint>, cfg: &Config) 
             Ok(()) => Skip::NotOurs.into(),
             Err(r) => r.into(),
         },
-        None => DropReason::Policy.into(),
+        None => DropReason::CtInvalid.into(),
     }
+}
+
+/// Whether a mid-stream TCP segment with no entry (`conntrack::picks_up`) starts a flow here:
+/// towards the outside or a published port, the flows the datapath translates. Towards a node
+/// address or another container it is an answer (`unopened`): tracking it would judge the
+/// container's answers to the node by its egress policy.
+#[inline(always)]
+fn picked_up_here(pkt: &Packet, peer: Option<&Endpoint>) -> bool {
+    peer.is_none()
+        && (!lookup::is_local(pkt.daddr)
+            || lookup::published(pkt.daddr, pkt.dport, pkt.proto).is_some())
 }
 
 /// Creates the conntrack halves of a container's new flow to a published port (hairpin).

@@ -140,7 +140,9 @@ fn routed(
     now: u64,
     owner: &mut u32,
 ) -> Result<Hit, Stop> {
-    if !pkt.opens_flow() {
+    // A mid-stream segment is picked up too (`conntrack::picks_up`), so a routed connection
+    // whose entries expired goes on untranslated both ways.
+    if !pkt.opens_flow() && !conntrack::picks_up(pkt) {
         return Err(Skip::NotOurs.into());
     }
     let ep = lookup::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;
