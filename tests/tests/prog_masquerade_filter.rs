@@ -280,7 +280,8 @@ fn masquerade_and_filter_table() -> anyhow::Result<()> {
         sport: be16(5001),
         dport: be16(53),
         proto: proto::UDP,
-        _pad: [0; 3],
+        echo: 0,
+        _pad: [0; 2],
     };
     let bogus = [192, 0, 2, 99];
     let set_orig = |bpf: &mut Ebpf, last_seen_ns: u64| -> anyhow::Result<u16> {
@@ -632,7 +633,8 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
             sport: be16(40000),
             dport: be16(443),
             proto: proto::TCP,
-            _pad: [0; 3],
+            echo: 0,
+            _pad: [0; 2],
         },
         0,
     )?;
@@ -650,7 +652,8 @@ fn check_filter_stats(bpf: &Ebpf) -> anyhow::Result<()> {
             sport: be16(443),
             dport: orig.nat_sport,
             proto: proto::TCP,
-            _pad: [0; 3],
+            echo: 0,
+            _pad: [0; 2],
         },
         0,
     )?;

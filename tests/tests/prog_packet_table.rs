@@ -414,7 +414,8 @@ fn check_conntrack(bpf: &Ebpf) -> anyhow::Result<()> {
         sport: be16(sp),
         dport: be16(dp),
         proto: proto::TCP,
-        _pad: [0; 3],
+        echo: 0,
+        _pad: [0; 2],
     };
 
     let orig = ct.get(&key(CLIENT, 40000, HOST, 8080), 0)?;

@@ -118,12 +118,14 @@ pub fn container_error(
 /// The live entry of the quoted packet's flow in the other direction (its reply's tuple).
 #[inline(always)]
 fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<Xlate, Stop> {
+    // A quoted echo is a request: its other direction is the reply's (unmarked) key.
     let key = conntrack::make_key(
         inner.daddr,
         inner.saddr,
         inner.dport,
         inner.sport,
         inner.proto,
+        false,
     );
     let e = conntrack::lookup_live(&key, cfg, now).ok_or(Skip::NotOurs)?;
     Ok(conntrack::xlate(e))
