@@ -674,6 +674,56 @@ fn udp_to_a_closed_published_port_is_connection_refused() {
     );
 }
 
+/// Sends UDP from namespace `ns` to `ip:port` (connected socket) until the kernel reports
+/// ECONNREFUSED (an ICMP port unreachable matched the socket); otherwise what happened.
+fn udp_refused(ns: &str, ip: std::net::Ipv4Addr, port: u16) -> Result<(), String> {
+    in_ns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect((ip, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = [0u8; 64];
+        let mut last = String::new();
+        for _ in 0..4 {
+            if let Err(e) = s.send(b"anyone?") {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Ok(Ok(()));
+                }
+                last = format!("send: {e}");
+                continue;
+            }
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Ok(())),
+                Err(e) => last = format!("recv: {e} ({:?})", e.kind()),
+                Ok(n) => last = format!("unexpected answer of {n} bytes"),
+            }
+        }
+        Ok(Err(last))
+    })
+    .unwrap()
+}
+
+/// A container calling a closed published UDP port of its own (self-hairpin: DNAT to itself,
+/// SNAT to its gateway) gets the port unreachable its own kernel sends back as an error from
+/// the published address about its call; another container calling it gets it too.
+#[test]
+fn udp_to_a_closed_published_port_of_its_own_is_connection_refused() {
+    let sb = sandbox!("nat-self-unreach");
+    let (a, ns, _) = sb.container("a");
+    let (_b, b_ns, _) = sb.container("b");
+    // Nothing listens on the container's port 53.
+    assert_eq!(sb.publish(&a, "5353:53/udp"), vec![5353]);
+    assert_eq!(
+        udp_refused(&ns, sb.uplink_ip, 5353),
+        Ok(()),
+        "self-hairpin: the port unreachable must reach the caller as ECONNREFUSED"
+    );
+    assert_eq!(
+        udp_refused(&b_ns, sb.uplink_ip, 5353),
+        Ok(()),
+        "hairpin: the port unreachable must reach the other container as ECONNREFUSED"
+    );
+}
+
 #[test]
 fn a_full_conntrack_table_evicts_the_oldest_and_new_flows_still_work() {
     // 256 slots; 300 UDP flows need 600 halves.

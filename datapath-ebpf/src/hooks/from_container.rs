@@ -3,7 +3,7 @@
 //! ```text
 //! container A --> [tgA] from_container --+-- over A's egress limit:              drop (RateLimit)
 //!                                        +-- source is not A's IP:              drop (Spoof)
-//!                                        +-- ICMP error about a translated flow: source back to hostip / snat_ip --> FIB redirect
+//!                                        +-- ICMP error about a translated flow: translated like the flow --> FIB redirect (self-hairpin: back out [tgA])
 //!                                        +-- other protocol (SCTP, GRE, ...):   link | ICC, policy --> node stack, or drop
 //!                                        +-- conntrack hit:
 //!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
@@ -34,8 +34,9 @@
 //! towards the outside: a SYN-ACK, FIN, RST or echo reply of no live flow, which could not be
 //! masqueraded anyway).
 //! ICMP errors a container sends are answers and pass; those about a flow that reached it
-//! translated (port map, hairpin, masquerade reply) are translated back like the flow's other
-//! packets (`nat::icmp::container_error`) and forwarded. IP protocols other than TCP/UDP/ICMP
+//! translated (port map, hairpin or self-hairpin, masquerade reply) are translated back like
+//! the flow's other packets (`nat::icmp::container_error`) and forwarded (a self-hairpin's
+//! back into the container). IP protocols other than TCP/UDP/ICMP
 //! echo (SCTP, GRE, other ICMP types, ...) are not tracked: every such packet is judged like a
 //! new flow (links/ICC towards a container, then the policy chain with protocol-specific or
 //! any-protocol rules, and no port), and passes untouched or is dropped.
@@ -94,7 +95,11 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     };
     let now = conntrack::now_ns();
     if pkt.is_icmp_error() {
-        icmp::container_error(ctx, &mut pkt, cfg, now)?;
+        let back = icmp::container_error(ctx, &mut pkt, cfg, now)?;
+        if back != 0 {
+            // About a self-hairpin flow: back into the container, like the flow's packets.
+            return Ok(redirect::back_to_container(ctx, back)?);
+        }
         // Its source is now a node address: the stack would drop it as a martian.
         return Ok(redirect::forward(ctx, &pkt, None, now)?);
     }
