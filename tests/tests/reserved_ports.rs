@@ -79,7 +79,10 @@ fn published_ports_are_never_a_node_connections_source_port() {
     })
     .unwrap();
     let root_before = std::fs::read_to_string(RESERVED).unwrap();
-    let _srv = tcp_echo(&sb.client, 7000, "srv").unwrap();
+    // One server per phase: the ports a phase used linger in TIME_WAIT towards its server.
+    let _srv: Vec<_> = (7000..=7002)
+        .map(|p| tcp_echo(&sb.client, p, "srv").unwrap())
+        .collect();
     let (web, ns, _) = sb.container("web");
     let _web = tcp_echo(&ns, 80, "web").unwrap();
     sb.publish(&web, "40003:80");
@@ -105,7 +108,7 @@ fn published_ports_are_never_a_node_connections_source_port() {
         "node UDP sockets never get a published port: {udp:?}"
     );
     // And node connections work (their replies are not taken for a port map's packets).
-    let a = tcp_request(&node, sb.client_ip, 7000, "from node").unwrap();
+    let a = tcp_request(&node, sb.client_ip, 7001, "from node").unwrap();
     assert!(
         a.starts_with("srv peer=") && a.ends_with("from node"),
         "{a}"
@@ -116,7 +119,7 @@ fn published_ports_are_never_a_node_connections_source_port() {
 
     sb.ok(&["port", "del", &web, "40003"]);
     assert_eq!(reserved(&node), set(&[40005, 40007, 40009]));
-    let (tcp, _) = ephemeral_ports(&node, sb.client_ip, 7000);
+    let (tcp, _) = ephemeral_ports(&node, sb.client_ip, 7002);
     assert!(
         tcp.contains(&40003),
         "an unpublished port is ephemeral again: {tcp:?}"
