@@ -377,6 +377,28 @@ pub fn ensure(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
     lookup(key).ok_or(DropReason::ConntrackFailed)
 }
 
+/// `ensure` for the other half of a new flow, whose key is taken: the entry there is kept (state,
+/// counters, cached next hop) only while its flow goes on, i.e. live, not closing and with the
+/// same translation (an uplink packet recreating a flow's lost original half). One left by a
+/// finished connection (closing, or idle past its timeout) is replaced even when it translates
+/// the same way: a fresh SYN reusing a closing tuple, or a tuple used again after its entries
+/// expired, is a new connection, which must not inherit the old one's state (a closing half
+/// retires within seconds; a stale `CT_SEEN_REPLY` keeps the original half on the SYN timeout).
+#[inline(always)]
+fn ensure_new(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
+    if let Some(p) = lookup(key) {
+        // `want` was built for this packet: its idle clock is now.
+        let finished = flags(p) & CT_CLOSING != 0
+            || config::get().is_ok_and(|cfg| expired(p, key.proto, cfg, want.last_seen_ns));
+        // SAFETY: `p` came from a lookup in this program run; only read here.
+        if !finished && same_translation(unsafe { &*p }, want) {
+            return Ok(p);
+        }
+    }
+    put(key, want)?;
+    lookup(key).ok_or(DropReason::ConntrackFailed)
+}
+
 /// Writes both halves of a new flow, `e` being the half that `key` (the current packet) hits;
 /// returns pointers to that half and the other one.
 #[inline(always)]
@@ -386,12 +408,12 @@ pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), 
     // SAFETY: `r` is this CPU's scratch slot, just built.
     let r = unsafe { &*r };
     // The reply tuple of a new flow is almost always free: try the insert first (a failed
-    // `BPF_NOEXIST` says it is taken; `ensure` then compares).
+    // `BPF_NOEXIST` says it is taken; `ensure_new` then looks).
     let other = if TG_CT.insert(rkey, r, u64::from(BPF_NOEXIST)).is_ok() {
         verdict::count(CNT_CT_CREATED);
         lookup(&rkey).ok_or(DropReason::ConntrackFailed)?
     } else {
-        ensure(&rkey, r)?
+        ensure_new(&rkey, r)?
     };
     // Looked up again after the second insert: with LRU, any insert may recycle a slot.
     let this = lookup(key).ok_or(DropReason::ConntrackFailed)?;
