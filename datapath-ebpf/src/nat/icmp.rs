@@ -55,16 +55,23 @@ use crate::{
     conntrack::{self, Xlate},
     nat::End,
     packet::{
-        Ipv4Hdr, Packet, ICMP_CSUM_OFF, ICMP_ECHO, ICMP_ECHO_REPLY, ICMP_HLEN, ICMP_ID_OFF,
-        IPV4_CSUM_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        Ipv4Hdr, Packet, ETH_HLEN, ICMP_CSUM_OFF, ICMP_ECHO, ICMP_ECHO_REPLY, ICMP_HLEN,
+        ICMP_ID_OFF, IPV4_CSUM_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, TCP_CSUM_OFF,
+        UDP_CSUM_OFF,
     },
     verdict::{self, Skip, Stop},
 };
+
+/// The IPv4 total length, from the start of the frame.
+const IP_TOT_LEN_OFF: usize = ETH_HLEN + 2;
 
 /// The quoted packet: where its headers sit and its tuple (network order).
 struct Inner {
     ip_off: usize,
     l4_off: usize,
+    /// End of the error's own datagram (`tot_len`): the quote stops there, whatever follows
+    /// in the frame (Ethernet padding, a trailer) is neither read nor written.
+    end: usize,
     proto: u8,
     /// An ICMP echo request (its identifier is `sport`; an echo reply's is `dport`).
     echo_request: bool,
@@ -162,21 +169,33 @@ fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<Xlate, Stop>
 }
 
 /// Parses the quoted IPv4 header and the ports after it (an echo request: the identifier as
-/// its source "port", an echo reply: as its destination "port", as `Packet` keys them).
+/// its source "port", an echo reply: as its destination "port", as `Packet` keys them), all
+/// inside the error's datagram.
 #[inline(always)]
 fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
+    let tot_len: u16 = ctx.load(IP_TOT_LEN_OFF).map_err(|_| Skip::Malformed)?;
+    let end = ETH_HLEN + usize::from(u16::from_be(tot_len));
     let ip_off = pkt.l4_off + ICMP_HLEN;
+    if ip_off + size_of::<Ipv4Hdr>() > end {
+        return Err(Skip::Malformed);
+    }
     let ip: Ipv4Hdr = ctx.load(ip_off).map_err(|_| Skip::Malformed)?;
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < 20 {
         return Err(Skip::Malformed);
     }
     let l4_off = ip_off + ihl;
+    if l4_off + 4 > end {
+        return Err(Skip::Malformed);
+    }
     let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
     let (sport, dport, echo_request) = match ip.protocol {
         proto::TCP | proto::UDP => (ports[0], ports[1], false),
         proto::ICMP => {
             let hdr: [u8; 2] = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
+            if l4_off + ICMP_ID_OFF + 2 > end {
+                return Err(Skip::Malformed);
+            }
             let id: u16 = ctx
                 .load(l4_off + ICMP_ID_OFF)
                 .map_err(|_| Skip::Malformed)?;
@@ -191,6 +210,7 @@ fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
     Ok(Inner {
         ip_off,
         l4_off,
+        end,
         proto: ip.protocol,
         echo_request,
         saddr: ip.saddr,
@@ -272,7 +292,12 @@ fn inner_rewrite(
         store16(ctx, port_off, new_port)?;
         icmp = csum::update16(icmp, old_port, new_port);
     }
-    if let Ok(l4) = ctx.load::<u16>(l4_csum_off).map(u16::from_be) {
+    let quoted_csum = if l4_csum_off + 2 <= inner.end {
+        ctx.load::<u16>(l4_csum_off).map(u16::from_be).ok()
+    } else {
+        None
+    };
+    if let Some(l4) = quoted_csum {
         // UDP: zero means "no checksum" and stays so.
         if !(inner.proto == proto::UDP && l4 == 0) {
             let mut new_l4 = csum::update16(l4, old_port, new_port);
