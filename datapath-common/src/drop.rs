@@ -7,8 +7,10 @@
 //! `internal` total (`internal_total`). Slot 0 was `malformed`, which never dropped anything
 //! (malformed packets pass untouched), so it held only zeros and now counts `frag_no_head`.
 
-/// Slots of `EpStats.drops` (including the retired ones).
-pub const DROP_REASONS: usize = 12;
+/// Slots of `EpStats.drops` (including the retired ones). Grown by appending (slot 12,
+/// `ct_invalid`): a pinned `TG_EP_STATS` of the shorter layout is migrated with its counts
+/// and zeros in the new slots.
+pub const DROP_REASONS: usize = 13;
 /// The retired catch-all slot (see the module docs).
 pub const INTERNAL_RETIRED_SLOT: usize = 2;
 
@@ -39,10 +41,15 @@ pub enum DropReason {
     ConntrackFailed = 10,
     /// The kernel refused the redirect target (`bpf_redirect*`).
     RedirectFailed = 11,
+    /// A packet to the outside that belongs to no live conntrack entry and can neither open a
+    /// flow nor pick one up (Linux's conntrack state INVALID): a TCP SYN-ACK, FIN or RST, or
+    /// an ICMP echo reply, whose flow expired or was evicted. (A mid-stream TCP segment with
+    /// just ACK is picked up as a new flow instead, as Linux's `nf_conntrack_tcp_loose` does.)
+    CtInvalid = 12,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::FragNoHead,
         DropReason::NoMapping,
         DropReason::Policy,
@@ -54,6 +61,7 @@ impl DropReason {
         DropReason::RewriteFailed,
         DropReason::ConntrackFailed,
         DropReason::RedirectFailed,
+        DropReason::CtInvalid,
     ];
 
     /// The reasons that are a step of the datapath failing (a helper or a map refusing),
@@ -79,6 +87,7 @@ impl DropReason {
             DropReason::RewriteFailed => crate::stats::CNT_DROP_REWRITE,
             DropReason::ConntrackFailed => crate::stats::CNT_DROP_CONNTRACK,
             DropReason::RedirectFailed => crate::stats::CNT_DROP_REDIRECT,
+            DropReason::CtInvalid => crate::stats::CNT_DROP_CT_INVALID,
         }
     }
 
@@ -95,6 +104,7 @@ impl DropReason {
             DropReason::RewriteFailed => "rewrite_failed",
             DropReason::ConntrackFailed => "conntrack_failed",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::CtInvalid => "ct_invalid",
         }
     }
 }

@@ -33,7 +33,7 @@ pub use routes::{router, App};
 
 pub async fn run(settings: Settings) -> Result<()> {
     let store = FileStore::open(&settings.state_dir)?;
-    let dp = KernelDatapath::open(&settings.bpffs, settings.conntrack_max)?;
+    let dp = KernelDatapath::open(&settings.bpffs, settings.conntrack_max, &settings.state_dir)?;
     let ifindex = link::require_index(&dp.nl, &settings.uplink)
         .await
         .with_context(|| format!("--uplink {}", settings.uplink))?;
