@@ -87,6 +87,8 @@ pub struct Key {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// `CtKey.echo`: 1 in an ICMP echo request's key (a flow's original half), else 0.
+    pub echo: u8,
 }
 
 impl Key {
@@ -97,7 +99,8 @@ impl Key {
             sport: self.sport.to_be(),
             dport: self.dport.to_be(),
             proto: self.proto,
-            _pad: [0; 3],
+            echo: self.echo,
+            _pad: [0; 2],
         }
     }
 
@@ -108,17 +111,19 @@ impl Key {
             sport: u16::from_be(k.sport),
             dport: u16::from_be(k.dport),
             proto: k.proto,
+            echo: k.echo,
         }
     }
 
     pub fn show(&self) -> String {
         format!(
-            "{}:{} -> {}:{} /{}",
+            "{}:{} -> {}:{} /{}{}",
             ip_str(self.saddr),
             self.sport,
             ip_str(self.daddr),
             self.dport,
-            self.proto
+            self.proto,
+            if self.echo != 0 { " echo" } else { "" }
         )
     }
 }
@@ -458,6 +463,12 @@ impl Pkt {
         }
     }
 
+    /// `conntrack::picks_up`: a mid-stream TCP segment (ACK without SYN, FIN or RST).
+    fn picks_up(&self) -> bool {
+        self.proto == proto::TCP
+            && self.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK
+    }
+
     fn closes_flow(&self) -> bool {
         self.proto == proto::TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
@@ -469,6 +480,7 @@ impl Pkt {
             sport: self.sport,
             dport: self.dport,
             proto: self.proto,
+            echo: u8::from(self.proto == proto::ICMP && self.icmp_type == ICMP_ECHO),
         }
     }
 
@@ -632,6 +644,8 @@ struct Inner {
     ihl: usize,
     l4_off: usize,
     proto: u8,
+    /// An ICMP echo request (its identifier is `sport`; an echo reply's is `dport`).
+    echo_request: bool,
     saddr: [u8; 4],
     daddr: [u8; 4],
     sport: u16,
@@ -655,16 +669,18 @@ fn quoted(f: &[u8], pkt: &Pkt) -> Result<Inner, Skip> {
         return Err(Skip::Malformed);
     }
     let proto = f[ip_off + 9];
-    let (sport, dport) = match proto {
-        proto::TCP | proto::UDP => (be16_at(f, l4_off), be16_at(f, l4_off + 2)),
+    let (sport, dport, echo_request) = match proto {
+        proto::TCP | proto::UDP => (be16_at(f, l4_off), be16_at(f, l4_off + 2), false),
         proto::ICMP => {
-            if f[l4_off] != ICMP_ECHO {
-                return Err(Skip::NotOurs);
-            }
             if l4_off + 6 > end {
                 return Err(Skip::Malformed);
             }
-            (be16_at(f, l4_off + 4), 0)
+            let id = be16_at(f, l4_off + 4);
+            match f[l4_off] {
+                ICMP_ECHO => (id, 0, true),
+                0 => (0, id, false),
+                _ => return Err(Skip::NotOurs),
+            }
         }
         _ => return Err(Skip::NotOurs),
     };
@@ -673,6 +689,7 @@ fn quoted(f: &[u8], pkt: &Pkt) -> Result<Inner, Skip> {
         ihl,
         l4_off,
         proto,
+        echo_request,
         saddr: ip_at(f, ip_off + 12),
         daddr: ip_at(f, ip_off + 16),
         sport,
@@ -881,6 +898,7 @@ impl<'a> Model<'a> {
             sport: dp,
             dport: sp,
             proto: k.proto,
+            echo: u8::from(k.proto == proto::ICMP && e.flags & CT_REPLY != 0),
         };
         let mut r = Ent::new((e.flags & !(CT_SNAT | CT_DNAT)) ^ CT_REPLY, e.eid);
         r.redirect = e.redirect;
@@ -1170,6 +1188,9 @@ impl<'a> Model<'a> {
             self.rev_error(rw, &pkt, owner)?;
             return Ok(TC_ACT_OK);
         }
+        if pkt.later {
+            return self.uplink_later_fragment(rw, &mut pkt, owner);
+        }
         let key = pkt.key();
         let (k, other, counter, stale) = match self.classify(key, &pkt) {
             Ct::Hit(f)
@@ -1207,7 +1228,7 @@ impl<'a> Model<'a> {
                     let (k, o) = self.create(key, e);
                     (k, Some(o), Some(CNT_DNAT_UPLINK), None)
                 } else {
-                    if !pkt.opens_flow() {
+                    if !pkt.opens_flow() && !pkt.picks_up() {
                         rw.note("not published, opens no flow");
                         return Err(Skip::NotOurs.into());
                     }
@@ -1228,6 +1249,37 @@ impl<'a> Model<'a> {
         if let Some(c) = counter {
             self.fx.count(c);
             return self.into_container(rw, &pkt);
+        }
+        Ok(TC_ACT_OK)
+    }
+
+    /// `from_uplink`'s `later_fragment`: translated (IP header only) as the live flow the
+    /// uplink carries, no per-path counters, into the container when the flow's packets
+    /// would count; without one it passes.
+    fn uplink_later_fragment(&mut self, rw: &mut Rw, pkt: &mut Pkt, owner: &mut u32) -> R<u32> {
+        let key = pkt.key();
+        let f = match self.classify(key, pkt) {
+            Ct::Hit(f)
+                if matches!(
+                    (f.kind, f.half),
+                    (Kind::PortMap | Kind::Plain, Half::Original)
+                        | (Kind::Masq | Kind::Plain, Half::Reply)
+                ) =>
+            {
+                f
+            }
+            _ => {
+                rw.note("later fragment of no flow the uplink carries: passes");
+                return Err(Skip::Fragment.into());
+            }
+        };
+        rw.note(format!("later fragment, ct hit: {:?} {:?}", f.kind, f.half));
+        let e = self.ct[&f.key];
+        *owner = e.eid;
+        Self::apply(rw, pkt, &e);
+        self.touch(f.key, None, pkt, rw.len, None);
+        if matches!(f.kind, Kind::Masq | Kind::PortMap) {
+            return self.into_container(rw, pkt);
         }
         Ok(TC_ACT_OK)
     }
@@ -1253,6 +1305,7 @@ impl<'a> Model<'a> {
             sport: inner.dport,
             dport: inner.sport,
             proto: inner.proto,
+            echo: u8::from(inner.proto == proto::ICMP && !inner.echo_request),
         };
         let Some(e) = self.live(&k) else {
             rw.note(format!("icmp error: no flow {}", k.show()));
@@ -1277,10 +1330,17 @@ impl<'a> Model<'a> {
         Ok(())
     }
 
-    fn container_error(&mut self, rw: &mut Rw, pkt: &mut Pkt) -> R<()> {
+    /// `nat::icmp::container_error`: an error the container sends about a flow that reached
+    /// it translated is translated as the flow's entry in the container's direction rewrites
+    /// that direction's packets (SNAT: outer source and quoted destination; DNAT: outer
+    /// destination and quoted source). Returns the flow's redirect (self-hairpin: back into
+    /// the container).
+    fn container_error(&mut self, rw: &mut Rw, pkt: &mut Pkt) -> R<u32> {
         let inner = quoted(&rw.out, pkt)?;
-        if inner.daddr != pkt.saddr || inner.proto == proto::ICMP {
-            rw.note("container icmp error: not about a packet it received, or about ICMP");
+        if inner.daddr != pkt.saddr || inner.saddr != pkt.daddr {
+            rw.note(
+                "container icmp error: not about a packet it received from the error's destination",
+            );
             return Err(Skip::NotOurs.into());
         }
         let k = Key {
@@ -1289,28 +1349,43 @@ impl<'a> Model<'a> {
             sport: inner.dport,
             dport: inner.sport,
             proto: inner.proto,
+            echo: u8::from(inner.proto == proto::ICMP && !inner.echo_request),
         };
         let Some(e) = self.live(&k) else {
             rw.note(format!("container icmp error: no flow {}", k.show()));
             return Err(Skip::NotOurs.into());
         };
-        if e.flags & (CT_SNAT | CT_DNAT) != CT_SNAT {
-            rw.note("container icmp error: flow not translated back to a node address");
+        if e.flags & (CT_SNAT | CT_DNAT) == 0 {
+            rw.note("container icmp error: flow not translated");
             return Err(Skip::NotOurs.into());
         }
-        rw.note(format!(
-            "container icmp error about {}: as {}:{}",
-            k.show(),
-            ip_str(e.nat_saddr),
-            e.nat_sport
-        ));
-        put_ip(&mut rw.out, 26, e.nat_saddr);
         let ihl = usize::from(rw.out[14] & 0x0f) * 4;
-        rw.region(Region::Ip { off: 14, len: ihl });
-        pkt.saddr = e.nat_saddr;
-        Self::inner_rewrite(rw, pkt, &inner, End::Dst, e.nat_saddr, e.nat_sport);
+        if e.flags & CT_SNAT != 0 {
+            rw.note(format!(
+                "container icmp error about {}: as {}:{}",
+                k.show(),
+                ip_str(e.nat_saddr),
+                e.nat_sport
+            ));
+            put_ip(&mut rw.out, 26, e.nat_saddr);
+            rw.region(Region::Ip { off: 14, len: ihl });
+            pkt.saddr = e.nat_saddr;
+            Self::inner_rewrite(rw, pkt, &inner, End::Dst, e.nat_saddr, e.nat_sport);
+        }
+        if e.flags & CT_DNAT != 0 {
+            rw.note(format!(
+                "container icmp error about {}: to {}:{}",
+                k.show(),
+                ip_str(e.nat_daddr),
+                e.nat_dport
+            ));
+            put_ip(&mut rw.out, 30, e.nat_daddr);
+            rw.region(Region::Ip { off: 14, len: ihl });
+            pkt.daddr = e.nat_daddr;
+            Self::inner_rewrite(rw, pkt, &inner, End::Src, e.nat_daddr, e.nat_dport);
+        }
         self.fx.count(CNT_ICMP_ERR_XLATED);
-        Ok(())
+        Ok(e.redirect)
     }
 
     /// One end of the quoted packet becomes `ip:port`, every checksum inside the error that
@@ -1318,9 +1393,9 @@ impl<'a> Model<'a> {
     /// inside the quote (UDP: unless 0), and the ICMP checksum over all of them.
     fn inner_rewrite(rw: &mut Rw, pkt: &Pkt, inner: &Inner, end: End, ip: [u8; 4], port: u16) {
         let stop = pkt.end;
-        let (addr_off, port_off) = match end {
-            End::Src => (12, 0),
-            End::Dst => (16, 2),
+        let (addr_off, port_off, old_port) = match end {
+            End::Src => (12, 0, inner.sport),
+            End::Dst => (16, 2, inner.dport),
         };
         put_ip(&mut rw.out, inner.ip_off + addr_off, ip);
         rw.region(Region::Ip {
@@ -1332,7 +1407,9 @@ impl<'a> Model<'a> {
             proto::UDP => (inner.l4_off + port_off, inner.l4_off + 6),
             _ => (inner.l4_off + 4, inner.l4_off + 2),
         };
-        put16(&mut rw.out, port_off, port);
+        if old_port != port {
+            put16(&mut rw.out, port_off, port);
+        }
         if csum_off + 2 <= stop && !(inner.proto == proto::UDP && be16_at(&rw.out, csum_off) == 0) {
             rw.region(if inner.proto == proto::ICMP {
                 Region::Plain {
@@ -1408,8 +1485,18 @@ impl<'a> Model<'a> {
             Err(s) => return Err(s.into()),
         };
         rw.note(format!("from_container c{}: {}", ep.id, pkt.show()));
+        // A container of another node: a path of its own, before anything else.
+        if let Some((node, vni)) = self.w.remote(pkt.daddr) {
+            return self.container_to_remote(rw, &pkt, ep, node, vni);
+        }
+        if pkt.later {
+            return self.container_later_fragment(rw, &mut pkt);
+        }
         if pkt.is_icmp_error() {
-            self.container_error(rw, &mut pkt)?;
+            let back = self.container_error(rw, &mut pkt)?;
+            if back != 0 {
+                return Ok(Self::back_to_container(rw));
+            }
             return Ok(self.forward(rw, &pkt));
         }
         let key = pkt.key();
@@ -1452,14 +1539,7 @@ impl<'a> Model<'a> {
             self.fx.count(c);
         }
         if e.redirect != 0 {
-            rw.note("self-hairpin: MACs swapped, redirected back out");
-            let (d, s) = (rw.out[0..6].to_vec(), rw.out[6..12].to_vec());
-            rw.out[0..6].copy_from_slice(&s);
-            rw.out[6..12].copy_from_slice(&d);
-            return Ok(TC_ACT_REDIRECT);
-        }
-        if let Some((node, vni)) = self.w.remote(pkt.daddr) {
-            return Ok(self.encap(rw, node, vni));
+            return Ok(Self::back_to_container(rw));
         }
         let node_source = matches!(
             (f.kind, f.half),
@@ -1467,6 +1547,79 @@ impl<'a> Model<'a> {
         );
         if node_source {
             return Ok(self.forward(rw, &pkt));
+        }
+        Ok(TC_ACT_OK)
+    }
+
+    /// `redirect::back_to_container`: a self-hairpin's packet goes back out of the veth it
+    /// came from, MACs swapped.
+    fn back_to_container(rw: &mut Rw) -> u32 {
+        rw.note("self-hairpin: MACs swapped, redirected back out");
+        let (d, s) = (rw.out[0..6].to_vec(), rw.out[6..12].to_vec());
+        rw.out[0..6].copy_from_slice(&s);
+        rw.out[6..12].copy_from_slice(&d);
+        TC_ACT_REDIRECT
+    }
+
+    /// `from_container`'s `to_remote`: a flow with a container of another node, tracked
+    /// untranslated (judged when it has no plain live entry, from any packet: the other node
+    /// judged its opening), and into the overlay; ICMP errors go the same way, untracked.
+    fn container_to_remote(
+        &mut self,
+        rw: &mut Rw,
+        pkt: &Pkt,
+        ep: &Ep,
+        node: [u8; 4],
+        vni: u32,
+    ) -> R<u32> {
+        rw.note(format!("to another node's container (vni {vni})"));
+        if !pkt.is_icmp_error() {
+            let key = pkt.key();
+            let (k, other, stale) = match self.classify(key, pkt) {
+                Ct::Hit(f) if f.kind == Kind::Plain => {
+                    rw.note(format!("ct hit: plain {:?}", f.half));
+                    let (other, stale) = self.other_half(f.key, pkt);
+                    (f.key, other, stale)
+                }
+                _ => {
+                    self.to_remote(ep, vni, pkt.daddr, pkt.proto, pkt.dport)?;
+                    rw.note("new remote flow: tracked untranslated");
+                    let (k, o) = self.create(key, Ent::new(0, ep.id));
+                    (k, Some(o), None)
+                }
+            };
+            self.touch(k, other, pkt, rw.len, stale);
+        }
+        Ok(self.encap(rw, node, vni))
+    }
+
+    /// `from_container`'s `later_fragment`: translated (IP header only) as the live flow its
+    /// first fragment hit or created, no per-path counters; without one, headless.
+    fn container_later_fragment(&mut self, rw: &mut Rw, pkt: &mut Pkt) -> R<u32> {
+        let key = pkt.key();
+        let f = match self.classify(key, pkt) {
+            Ct::Hit(f) if !(f.kind == Kind::PortMap && f.half == Half::Original) => f,
+            _ => {
+                rw.note("later fragment of no live flow: headless");
+                if self.w.is_local(pkt.daddr) || self.w.endpoint(pkt.daddr).is_some() {
+                    return Err(Skip::Fragment.into());
+                }
+                return Err(DropReason::FragNoHead.into());
+            }
+        };
+        rw.note(format!("later fragment, ct hit: {:?} {:?}", f.kind, f.half));
+        let e = self.ct[&f.key];
+        Self::apply(rw, pkt, &e);
+        self.touch(f.key, None, pkt, rw.len, None);
+        if e.redirect != 0 {
+            return Ok(Self::back_to_container(rw));
+        }
+        let node_source = matches!(
+            (f.kind, f.half),
+            (Kind::PortMap | Kind::Hairpin, Half::Reply) | (Kind::Masq, Half::Original)
+        );
+        if node_source {
+            return Ok(self.forward(rw, pkt));
         }
         Ok(TC_ACT_OK)
     }
@@ -1503,16 +1656,16 @@ impl<'a> Model<'a> {
         ep: &Ep,
     ) -> R<(Key, Key, Option<u32>)> {
         let peer = self.w.endpoint(pkt.daddr);
-        if peer.is_none() {
-            if let Some((_, vni)) = self.w.remote(pkt.daddr) {
-                // Tracked from any packet: the other node judged the flow's opening.
-                rw.note(format!("to another node's container (vni {vni})"));
-                self.to_remote(ep, vni, pkt.daddr, pkt.proto, pkt.dport)?;
-                let (k, o) = self.create(key, Ent::new(0, ep.id));
-                return Ok((k, o, None));
-            }
+        // A mid-stream TCP segment (`conntrack::picks_up`) starts a flow towards the outside
+        // or a published port, the flows the datapath translates.
+        let picked_up = pkt.picks_up()
+            && peer.is_none()
+            && (!self.w.is_local(pkt.daddr)
+                || self.w.published(pkt.daddr, pkt.dport, pkt.proto).is_some());
+        if picked_up && !pkt.opens_flow() {
+            rw.note("mid-stream TCP segment without entry: picked up");
         }
-        if !pkt.opens_flow() {
+        if !pkt.opens_flow() && !picked_up {
             rw.note("opens no flow");
             if self.w.is_local(pkt.daddr) {
                 return Err(Skip::NotOurs.into());
@@ -1522,7 +1675,7 @@ impl<'a> Model<'a> {
                     Ok(()) => Skip::NotOurs.into(),
                     Err(r) => r.into(),
                 },
-                None => DropReason::Policy.into(),
+                None => DropReason::CtInvalid.into(),
             });
         }
         if let Some(pm) = self.w.published(pkt.daddr, pkt.dport, pkt.proto) {
