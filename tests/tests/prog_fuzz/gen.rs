@@ -124,7 +124,14 @@ fn first_packet(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, r
 /// A port-mapped (or routed, or unpublished) flow opened from outside.
 fn inbound(r: &mut Rng, d: &mut dyn Driver) {
     let w = d.world().clone();
-    let client = *r.pick(OUTSIDE);
+    // Cluster mode: now and then a client that is another node's container, unmasqueraded
+    // (its node's SNAT off): the container's answers go to `to_remote`, which carries only
+    // plain flows.
+    let client = if !w.remotes.is_empty() && r.chance(0.15) {
+        *r.pick(&[REMOTE5, REMOTE7])
+    } else {
+        *r.pick(OUTSIDE)
+    };
     let (dst, dport, proto) = match r.below(10) {
         0..=6 => {
             let m = *r.pick(&w.maps);

@@ -20,8 +20,27 @@
 //! - Fragments (design.md "Fragments"): a first fragment records its ports, a later one
 //!   takes them and only its IP header is translated; a later fragment whose first was not
 //!   seen passes untouched towards the node or a container, and is dropped (`FragNoHead`)
-//!   leaving a container for anywhere else. One known deviation is followed while it is open:
+//!   leaving a container for anywhere else. A later fragment takes a path of its own: only a
+//!   live flow hit is translated, no per-path counter (dnat_uplink, revnat, ...) moves, only
+//!   the hit half's counts (no sync of the other half); the uplink redirects it into the
+//!   container only for flows whose packets would count, and passes a miss (`Fragment`); a
+//!   container's miss is headless. One known deviation is followed while it is open:
 //!   `KNOWN_FRAG_ZERO_PORTS`.
+//! - Conntrack keys (design.md): an ICMP echo request's key is marked (`Key::echo`), so a
+//!   ping each way between two addresses with identifier 0 is two flows. A mid-stream TCP
+//!   segment (ACK without SYN/FIN/RST) of no live flow is picked up like Linux's
+//!   `nf_conntrack_tcp_loose`: from the uplink to a container, from a container towards the
+//!   outside or a published port (towards a node address or another container it is an
+//!   answer, untracked); a container's other unopened packets towards the outside are
+//!   `CtInvalid`.
+//! - ICMP errors a container sends are translated as a packet of the quoted flow in the
+//!   container's direction would be (its entry's SNAT: outer source, quoted destination; its
+//!   DNAT: outer destination, quoted source), so a self-hairpin's error goes back into the
+//!   container and a hairpin caller's error about the reply goes to the server; quoted echo
+//!   requests and replies are looked up by identifier like the echo's own packets.
+//! - A container's packet to another node's container (`World::remote`) is handled before
+//!   anything else (fragments, ICMP errors): a plain live flow is hit, anything else judged
+//!   and tracked plain from any packet; never translated; ICMP errors go along untracked.
 //! - An ICMP error quotes the packet it answers inside its own datagram; the quoted header's
 //!   fragment offset and length are not looked at, only its addresses and ports.
 //! - A new flow's two conntrack halves start fresh (no state bits): a fresh SYN reusing a
