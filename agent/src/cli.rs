@@ -74,6 +74,10 @@ pub enum Cmd {
         watch: bool,
     },
     /// Self-contained sandbox: two HTTP containers, port maps, a client, a live table.
+    ///
+    /// With --cluster: an etcd member and two nodes in namespaces of their own, a container
+    /// serving HTTP on each, requests across them over the VXLAN overlay, a live table per node.
+    /// Everything is removed on exit (also on Ctrl-C).
     Demo(DemoArgs),
     /// (internal) HTTP echo server used by the demo inside a container namespace.
     #[command(hide = true)]
@@ -278,9 +282,13 @@ pub enum ConntrackCmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Requests the client makes per container.
-    #[arg(long, default_value_t = 20)]
+    /// Requests the client makes per container (with --cluster: each way).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub requests: u32,
+    /// Cluster mode instead: an etcd member (Debian's etcd-server) and two nodes, a container on
+    /// each, requests between them over the VXLAN overlay.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,6 +2,9 @@
 //! joined by an uplink veth, starts a daemon with `--netns`, adds two containers serving HTTP,
 //! publishes their port 80, has the client make requests through the port maps, and prints a
 //! live table of what the datapath did. Everything is removed on exit (also on Ctrl-C).
+//! `tollgate demo --cluster` is the cluster mode's sandbox (`demo/cluster.rs`).
+
+mod cluster;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -86,6 +89,9 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    if a.cluster {
+        return cluster::run(a);
     }
     let tag = format!("tgdemo-{}", std::process::id());
     let dir = std::env::temp_dir().join(&tag);
@@ -266,7 +272,8 @@ fn wait_ready(sb: &mut Sandbox) -> Result<()> {
 fn http_get(ip: Ipv4Addr, port: u16) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET / HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n")?;
+    // One write, one segment (`write!` on the stream would send each piece on its own).
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp
@@ -294,11 +301,11 @@ pub fn serve(netns_path: &Path, port: u16, name: &str) -> Result<()> {
             line.clear();
         }
         let body = format!("hello from {name}, you are {peer}\n");
-        let _ = write!(
-            c,
+        let answer = format!(
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        let _ = c.write_all(answer.as_bytes());
     }
     Ok(())
 }

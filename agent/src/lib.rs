@@ -25,6 +25,7 @@ pub mod cni;
 pub mod commands;
 pub mod datapath;
 pub mod demo;
+pub mod error;
 pub mod model;
 pub mod netlink;
 pub mod netns;

@@ -1,6 +1,7 @@
 //! `tollgate reset`: removes everything a daemon with the same flags created (its namespaces
-//! and veths, the pinned programs, links and maps, the state). Works without a daemon; a
-//! running one is asked to stop first. Errors are collected and reported together.
+//! and veths, the pinned programs, links and maps, the ports it kept out of the node
+//! namespace's ephemeral range, the state). Works without a daemon; a running one is asked to
+//! stop first. Errors are collected and reported together.
 
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use crate::{
         types::{paths, ShuttingDown},
         Client,
     },
-    datapath::loader,
+    datapath::{loader, reserved},
     netlink::{self, link},
     netns, store,
 };
@@ -41,17 +42,21 @@ pub fn run(socket: &Path, netns_name: Option<&str>, state_dir: &Path, bpffs: &Pa
             datapath_common::overlay::OVERLAY_IFNAME.to_string(),
         ))
         .collect();
+    let record = reserved::record_path(state_dir);
     let del_links = move || -> Result<()> {
+        // The user's own reserved ports stay; only those the record says Tollgate added go.
+        let released = reserved::release(&record);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(async move {
+        let deleted = rt.block_on(async move {
             let h = netlink::connect()?;
             for n in ifnames {
                 link::delete(&h, &n).await?;
             }
             Ok(())
-        })
+        });
+        released.and(deleted)
     };
     let r = match &node_ns {
         Some(p) if p.exists() => netns::run_in(p, del_links),

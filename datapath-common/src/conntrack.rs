@@ -12,8 +12,15 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// ICMP echo: `KEY_ECHO_REQUEST` in the key of the request direction (a flow's original
+    /// half), 0 in the reply direction's; always 0 for other protocols. (This byte was
+    /// padding, always 0: the keys of TCP and UDP flows did not change.)
+    pub echo: u8,
+    pub _pad: [u8; 2],
 }
+
+/// `CtKey.echo` of an ICMP echo request's key.
+pub const KEY_ECHO_REQUEST: u8 = 1;
 
 /// `CtEntry.flags` bits.
 /// Destination is rewritten to `nat_daddr:nat_dport` (original direction of a port map).
@@ -74,8 +81,10 @@ impl Timeout {
 // ICMP echo flows carry the echo identifier in the port of the end that sent the request: a
 // request is keyed `sport = id, dport = 0`, a reply `sport = 0, dport = id`, so the two halves
 // swap like TCP/UDP ones and a ping each way between two addresses with the same identifier
-// are two flows. Masquerade rewrites the identifier (`nat_sport` on the original half,
-// `nat_dport` on the reply half).
+// are two flows. Identifier 0 would make a request and a reply between the same two
+// addresses the same tuple (both ports 0): `CtKey.echo` tells them apart, as the ICMP type in
+// Linux's conntrack tuple does. Masquerade rewrites the identifier (`nat_sport` on the
+// original half, `nat_dport` on the reply half).
 // Plain tracked flows (no translation, e.g. container -> container) have neither CT_DNAT nor
 // CT_SNAT: the reply half only lets replies through with ICC off.
 

@@ -2,19 +2,25 @@
 //! agent's stats and metrics (`DropReason::name`).
 //!
 //! Slot numbers are stable across versions (a pinned `TG_EP_STATS` keeps counting across an
-//! upgrade): slots 0 (`malformed`, which never dropped anything: malformed packets pass
-//! untouched) and 2 (`internal`, the old catch-all, now split by the step that failed) are
-//! retired; slot 2 still holds what an older datapath counted there, and the agent adds it to
-//! the `internal` total (`internal_total`).
+//! upgrade): slot 2 (`internal`, the old catch-all, now split by the step that failed) is
+//! retired; it still holds what an older datapath counted there, and the agent adds it to the
+//! `internal` total (`internal_total`). Slot 0 was `malformed`, which never dropped anything
+//! (malformed packets pass untouched), so it held only zeros and now counts `frag_no_head`.
 
-/// Slots of `EpStats.drops` (including the retired ones).
-pub const DROP_REASONS: usize = 12;
+/// Slots of `EpStats.drops` (including the retired ones). Grown by appending (slot 12,
+/// `ct_invalid`): a pinned `TG_EP_STATS` of the shorter layout is migrated with its counts
+/// and zeros in the new slots.
+pub const DROP_REASONS: usize = 13;
 /// The retired catch-all slot (see the module docs).
 pub const INTERNAL_RETIRED_SLOT: usize = 2;
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
+    /// A later fragment of a datagram whose first fragment was not seen (out of order, or
+    /// before the datapath started): it cannot be translated, and sending it on untranslated
+    /// would leak a container's address.
+    FragNoHead = 0,
     /// Published port with no usable backend.
     NoMapping = 1,
     /// An egress policy rule or the default stance denied a new flow.
@@ -35,10 +41,16 @@ pub enum DropReason {
     ConntrackFailed = 10,
     /// The kernel refused the redirect target (`bpf_redirect*`).
     RedirectFailed = 11,
+    /// A packet to the outside that belongs to no live conntrack entry and can neither open a
+    /// flow nor pick one up (Linux's conntrack state INVALID): a TCP SYN-ACK, FIN or RST, or
+    /// an ICMP echo reply, whose flow expired or was evicted. (A mid-stream TCP segment with
+    /// just ACK is picked up as a new flow instead, as Linux's `nf_conntrack_tcp_loose` does.)
+    CtInvalid = 12,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
+        DropReason::FragNoHead,
         DropReason::NoMapping,
         DropReason::Policy,
         DropReason::Icc,
@@ -49,6 +61,7 @@ impl DropReason {
         DropReason::RewriteFailed,
         DropReason::ConntrackFailed,
         DropReason::RedirectFailed,
+        DropReason::CtInvalid,
     ];
 
     /// The reasons that are a step of the datapath failing (a helper or a map refusing),
@@ -63,6 +76,7 @@ impl DropReason {
     /// The global `TG_COUNTERS` index that also counts this reason.
     pub const fn counter(self) -> u32 {
         match self {
+            DropReason::FragNoHead => crate::stats::CNT_DROP_FRAG,
             DropReason::NoMapping => crate::stats::CNT_DROP_NO_MAPPING,
             DropReason::Policy => crate::stats::CNT_DROP_POLICY,
             DropReason::Icc => crate::stats::CNT_DROP_ICC,
@@ -73,11 +87,13 @@ impl DropReason {
             DropReason::RewriteFailed => crate::stats::CNT_DROP_REWRITE,
             DropReason::ConntrackFailed => crate::stats::CNT_DROP_CONNTRACK,
             DropReason::RedirectFailed => crate::stats::CNT_DROP_REDIRECT,
+            DropReason::CtInvalid => crate::stats::CNT_DROP_CT_INVALID,
         }
     }
 
     pub const fn name(self) -> &'static str {
         match self {
+            DropReason::FragNoHead => "frag_no_head",
             DropReason::NoMapping => "no_mapping",
             DropReason::Policy => "policy",
             DropReason::Icc => "icc",
@@ -88,6 +104,7 @@ impl DropReason {
             DropReason::RewriteFailed => "rewrite_failed",
             DropReason::ConntrackFailed => "conntrack_failed",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::CtInvalid => "ct_invalid",
         }
     }
 }
@@ -107,11 +124,11 @@ mod tests {
     use super::{internal_total, DropReason, DROP_REASONS, INTERNAL_RETIRED_SLOT};
 
     #[test]
-    fn slots_are_distinct_in_range_and_skip_the_retired_ones() {
+    fn slots_are_distinct_in_range_and_skip_the_retired_one() {
         let mut seen = [false; DROP_REASONS];
         for r in DropReason::ALL {
             let i = r as usize;
-            assert!(i < DROP_REASONS && i != 0 && i != INTERNAL_RETIRED_SLOT);
+            assert!(i < DROP_REASONS && i != INTERNAL_RETIRED_SLOT);
             assert!(!seen[i], "slot {i} twice");
             seen[i] = true;
         }

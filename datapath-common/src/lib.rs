@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod csum;
 pub mod drop;
 pub mod endpoint;
+pub mod frag;
 pub mod maps;
 pub mod overlay;
 pub mod portmap;

@@ -38,6 +38,9 @@ pub const CT_SCRATCH: &str = "TG_CT_SCRATCH";
 /// -> `overlay::Remote`. Agent writes from the cluster store; `from_container` and
 /// `from_overlay` read.
 pub const REMOTES: &str = "TG_REMOTES";
+/// First fragments' ports by datagram: `frag::FragKey` -> `frag::FragPorts`, LRU. The TC hooks
+/// write it on a first fragment and read it on the datagram's later ones.
+pub const FRAGS: &str = "TG_FRAGS";
 
 pub const PORTMAP_MAX: u32 = 131_072;
 pub const LOCAL_ADDRS_MAX: u32 = 4_096;
@@ -47,6 +50,7 @@ pub const SOCK_REVNAT_MAX: u32 = 65_536;
 pub const LINKS_MAX: u32 = 65_536;
 pub const POLICY_MAX: u32 = 65_536;
 pub const REMOTES_MAX: u32 = 16_384;
+pub const FRAGS_MAX: u32 = 8_192;
 
 /// Every map the datapath pins, so the agent can pin, reopen and remove them by name.
 pub const ALL: &[&str] = &[
@@ -66,4 +70,5 @@ pub const ALL: &[&str] = &[
     EP_L2,
     CT_SCRATCH,
     REMOTES,
+    FRAGS,
 ];

@@ -43,9 +43,14 @@ pub const CNT_DROP_REDIRECT: u32 = 26;
 /// (`from_overlay`, delivered to a container).
 pub const CNT_OVERLAY_TX: u32 = 27;
 pub const CNT_OVERLAY_RX: u32 = 28;
+/// Dropped: a later fragment of a datagram whose first fragment was not seen (`frag_no_head`).
+pub const CNT_DROP_FRAG: u32 = 29;
+/// Packets to the outside with no live conntrack entry that could neither open nor pick up
+/// a flow (`DropReason::CtInvalid`): dropped.
+pub const CNT_DROP_CT_INVALID: u32 = 30;
 pub const CNT_MAX: u32 = 32;
 
-pub const NAMES: [&str; 29] = [
+pub const NAMES: [&str; 31] = [
     "dnat_uplink",
     "dnat_hairpin",
     "revnat",
@@ -75,6 +80,8 @@ pub const NAMES: [&str; 29] = [
     "drop_redirect",
     "overlay_tx",
     "overlay_rx",
+    "drop_frag",
+    "drop_ct_invalid",
 ];
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ use datapath_common::{
     config::Config,
     conntrack::{
         CtEntry, CtKey, Timeout, CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_MASQ, CT_REPLY, CT_SEEN_REPLY,
-        CT_SNAT,
+        CT_SNAT, KEY_ECHO_REQUEST,
     },
     drop::DropReason,
+    proto,
     stats::CNT_CT_CREATED,
 };
 
@@ -30,19 +31,30 @@ use crate::{
     config,
     maps::{TG_CT, TG_CT_SCRATCH},
     mem,
-    packet::{Packet, ICMP_ECHO_REPLY},
+    packet::{Packet, ICMP_ECHO, ICMP_ECHO_REPLY, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     verdict,
 };
 
-/// A conntrack key (padding zeroed without a `memset`: see `mem`).
+/// A conntrack key (padding zeroed without a `memset`: see `mem`). `echo_request`: the key
+/// of an ICMP echo flow's request direction (`CtKey.echo`; ignored for other protocols).
 #[inline(always)]
-pub fn make_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+pub fn make_key(
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    echo_request: bool,
+) -> CtKey {
     let mut k: CtKey = mem::zeroed();
     k.saddr = saddr;
     k.daddr = daddr;
     k.sport = sport;
     k.dport = dport;
     k.proto = proto;
+    if proto == proto::ICMP && echo_request {
+        k.echo = KEY_ECHO_REQUEST;
+    }
     k
 }
 
@@ -83,10 +95,28 @@ pub fn new_entry(
     Ok(e)
 }
 
-/// The conntrack key of the packet as it is now (its tuple, both ends as `Packet` keys them).
+/// The conntrack key of the packet as it is now (its tuple, both ends as `Packet` keys them,
+/// and for ICMP echo which way it goes).
 #[inline(always)]
 pub fn key_of(pkt: &Packet) -> CtKey {
-    make_key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto)
+    make_key(
+        pkt.saddr,
+        pkt.daddr,
+        pkt.sport,
+        pkt.dport,
+        pkt.proto,
+        pkt.icmp_type == ICMP_ECHO,
+    )
+}
+
+/// Whether a packet that does not open a flow (`Packet::opens_flow`) and has no live entry
+/// starts tracking one anyway: a mid-stream TCP segment with ACK and without SYN, FIN or RST,
+/// which Linux's conntrack picks up by default (`nf_conntrack_tcp_loose`), e.g. the next
+/// segment of a connection whose entries expired while it was idle. (A SYN-ACK, FIN or RST
+/// without an entry is INVALID to Linux: no new flow.)
+#[inline(always)]
+pub fn picks_up(pkt: &Packet) -> bool {
+    pkt.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK
 }
 
 #[inline(always)]
@@ -203,8 +233,9 @@ pub enum Ct {
     /// by a new connection, which is judged and translated afresh (the mapping may have
     /// changed since).
     Reused(Flow),
-    /// A live entry facing the other way: an ICMP echo with identifier 0, whose request and
-    /// reply between the same two addresses have the same key.
+    /// A live entry facing the other way: an ICMP echo reply with identifier 0 hitting the
+    /// original half of a ping in the other direction, keyed before keys were marked
+    /// (`same_direction`); gone once such entries are (30 s after an upgrade at most).
     Crossed(Flow),
 }
 
@@ -282,8 +313,16 @@ pub fn reverse(key: &CtKey, e: &CtEntry) -> Result<(CtKey, *mut CtEntry), DropRe
         (key.daddr, key.dport)
     };
     // ICMP echo keys like TCP/UDP: the requester's end carries the identifier, the other end
-    // 0 (`Packet`), so swapping the ends is the reply direction's key too.
-    let rkey = make_key(new_daddr, new_saddr, new_dport, new_sport, key.proto);
+    // 0 (`Packet`), so swapping the ends is the reply direction's key too; the request
+    // direction's is marked (`CtKey.echo`), and the other half of a reply half is it.
+    let rkey = make_key(
+        new_daddr,
+        new_saddr,
+        new_dport,
+        new_sport,
+        key.proto,
+        e.flags & CT_REPLY != 0,
+    );
     let mut flags = (e.flags & !(CT_SNAT | CT_DNAT)) ^ CT_REPLY;
     let (redirect_ifindex, last_seen_ns) = (e.redirect_ifindex, e.last_seen_ns);
     let (nat_saddr, nat_sport) = (key.daddr, key.dport);
@@ -338,6 +377,28 @@ pub fn ensure(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
     lookup(key).ok_or(DropReason::ConntrackFailed)
 }
 
+/// `ensure` for the other half of a new flow, whose key is taken: the entry there is kept (state,
+/// counters, cached next hop) only while its flow goes on, i.e. live, not closing and with the
+/// same translation (an uplink packet recreating a flow's lost original half). One left by a
+/// finished connection (closing, or idle past its timeout) is replaced even when it translates
+/// the same way: a fresh SYN reusing a closing tuple, or a tuple used again after its entries
+/// expired, is a new connection, which must not inherit the old one's state (a closing half
+/// retires within seconds; a stale `CT_SEEN_REPLY` keeps the original half on the SYN timeout).
+#[inline(always)]
+fn ensure_new(key: &CtKey, want: &CtEntry) -> Result<*mut CtEntry, DropReason> {
+    if let Some(p) = lookup(key) {
+        // `want` was built for this packet: its idle clock is now.
+        let finished = flags(p) & CT_CLOSING != 0
+            || config::get().is_ok_and(|cfg| expired(p, key.proto, cfg, want.last_seen_ns));
+        // SAFETY: `p` came from a lookup in this program run; only read here.
+        if !finished && same_translation(unsafe { &*p }, want) {
+            return Ok(p);
+        }
+    }
+    put(key, want)?;
+    lookup(key).ok_or(DropReason::ConntrackFailed)
+}
+
 /// Writes both halves of a new flow, `e` being the half that `key` (the current packet) hits;
 /// returns pointers to that half and the other one.
 #[inline(always)]
@@ -347,12 +408,12 @@ pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), 
     // SAFETY: `r` is this CPU's scratch slot, just built.
     let r = unsafe { &*r };
     // The reply tuple of a new flow is almost always free: try the insert first (a failed
-    // `BPF_NOEXIST` says it is taken; `ensure` then compares).
+    // `BPF_NOEXIST` says it is taken; `ensure_new` then looks).
     let other = if TG_CT.insert(rkey, r, u64::from(BPF_NOEXIST)).is_ok() {
         verdict::count(CNT_CT_CREATED);
         lookup(&rkey).ok_or(DropReason::ConntrackFailed)?
     } else {
-        ensure(&rkey, r)?
+        ensure_new(&rkey, r)?
     };
     // Looked up again after the second insert: with LRU, any insert may recycle a slot.
     let this = lookup(key).ok_or(DropReason::ConntrackFailed)?;
@@ -418,9 +479,10 @@ fn reused(e: *mut CtEntry, pkt: &Packet) -> bool {
 }
 
 /// Whether the packet travels the way entry `e` faces. Only ICMP echo can tell: a request
-/// belongs on an original half, a reply on a reply half. The keys already say so (the
-/// identifier sits in the requester's port), except for identifier 0, where a request and a
-/// reply between the same two addresses have the same key.
+/// belongs on an original half, a reply on a reply half. The keys say so (the identifier
+/// sits in the requester's port, and `CtKey.echo` marks requests, which tells identifier 0's
+/// request and reply apart); only an entry written before keys were marked can face the
+/// other way (a request's unmarked original half, hit by a reply with identifier 0).
 #[inline(always)]
 fn same_direction(e: *mut CtEntry, pkt: &Packet) -> bool {
     !pkt.is_icmp() || (flags(e) & CT_REPLY != 0) == (pkt.icmp_type == ICMP_ECHO_REPLY)

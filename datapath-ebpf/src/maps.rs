@@ -10,9 +10,10 @@ use datapath_common::{
     config::Config,
     conntrack::{CtEntry, CtKey},
     endpoint::{Endpoint, EpL2, EpStats, LinkKey, PolicyChain, PolicyKey},
+    frag::{FragKey, FragPorts},
     maps::{
-        CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, LINKS_MAX, LOCAL_ADDRS_MAX, POLICY_MAX, PORTMAP_MAX,
-        REMOTES_MAX, SOCK_REVNAT_MAX,
+        CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, FRAGS_MAX, LINKS_MAX, LOCAL_ADDRS_MAX, POLICY_MAX,
+        PORTMAP_MAX, REMOTES_MAX, SOCK_REVNAT_MAX,
     },
     overlay::Remote,
     portmap::{PortKey, PortValue},
@@ -106,3 +107,8 @@ pub type PolicyLpmKey = Key<PolicyKey>;
 /// cluster store; `from_container` (encapsulation) and `from_overlay` (source check) read.
 #[btf_map]
 pub static TG_REMOTES: LpmTrie<u32, Remote, { REMOTES_MAX as usize }> = LpmTrie::new();
+
+/// First fragments' ports by datagram. The TC hooks write it on a first fragment and read it
+/// on the later ones (`packet::Packet::parse`); LRU, so entries of finished datagrams age out.
+#[btf_map]
+pub static TG_FRAGS: LruHashMap<FragKey, FragPorts, { FRAGS_MAX as usize }> = LruHashMap::new();

@@ -4,9 +4,13 @@
 //! Anything that does not parse is a `Skip`: the hook passes it untouched.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{drop::DropReason, proto};
+use datapath_common::{
+    drop::DropReason,
+    frag::{FragKey, FragPorts},
+    proto,
+};
 
-use crate::verdict::Skip;
+use crate::{maps::TG_FRAGS, verdict::Skip};
 
 pub const ETH_HLEN: usize = 14;
 /// Ethernet: destination MAC, source MAC, EtherType.
@@ -35,6 +39,8 @@ pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
 /// Fragment-offset bits of `frag_off` (host order); the top three bits are flags.
 const IP_OFFSET_MASK: u16 = 0x1fff;
+/// More-fragments flag of `frag_off` (host order).
+const IP_MF: u16 = 0x2000;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -113,6 +119,43 @@ pub struct Packet {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
+    /// A later fragment of a datagram: no L4 header here, the ports are the first
+    /// fragment's (from `TG_FRAGS`), and only the IP header is rewritten.
+    pub later_fragment: bool,
+}
+
+/// Remembers a first fragment's ports for the datagram's later fragments (module `frag`
+/// of datapath-common). A failed insert only means the later fragments are dropped.
+#[inline(always)]
+fn remember_fragment(ip: &Ipv4Hdr, sport: u16, dport: u16, icmp_type: u8) {
+    let key = FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.protocol,
+        _pad: 0,
+    };
+    let ports = FragPorts {
+        sport,
+        dport,
+        icmp_type,
+        _pad: [0; 3],
+    };
+    let _ = TG_FRAGS.insert(key, ports, 0);
+}
+
+/// A later fragment's first-fragment ports, if that was seen.
+#[inline(always)]
+fn fragment_ports(ip: &Ipv4Hdr) -> Option<FragPorts> {
+    let key = FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.protocol,
+        _pad: 0,
+    };
+    // SAFETY: pointer from a lookup in this run; copied out at once.
+    TG_FRAGS.get_ptr(key).map(|p| unsafe { *p })
 }
 
 impl Packet {
@@ -167,6 +210,9 @@ impl Packet {
             proto::UDP => (sport, dport, 0),
             _ => return None,
         };
+        if u16::from_be(ip.frag_off) & IP_MF != 0 {
+            remember_fragment(&ip, sport, dport, 0);
+        }
         Some(Self {
             l4_off: ETH_HLEN + IPV4_HLEN,
             proto: ip.protocol,
@@ -177,6 +223,7 @@ impl Packet {
             daddr: ip.daddr,
             sport,
             dport,
+            later_fragment: false,
         })
     }
 
@@ -192,11 +239,27 @@ impl Packet {
         if ip.version_ihl >> 4 != 4 || ihl_bytes < 20 || tot_len < ihl_bytes {
             return Err(Skip::Malformed);
         }
-        if u16::from_be(ip.frag_off) & IP_OFFSET_MASK != 0 {
-            return Err(Skip::Fragment);
-        }
         // IHL-aware: options, if any, are skipped, never parsed.
         let l4_off = ETH_HLEN + ihl_bytes;
+        let frag_off = u16::from_be(ip.frag_off);
+        if frag_off & IP_OFFSET_MASK != 0 {
+            if !matches!(ip.protocol, proto::TCP | proto::UDP | proto::ICMP) {
+                return Err(Skip::OtherProto);
+            }
+            let f = fragment_ports(&ip).ok_or(Skip::Fragment)?;
+            return Ok(Self {
+                l4_off,
+                proto: ip.protocol,
+                ttl: ip.ttl,
+                tcp_flags: 0,
+                icmp_type: f.icmp_type,
+                saddr: ip.saddr,
+                daddr: ip.daddr,
+                sport: f.sport,
+                dport: f.dport,
+                later_fragment: true,
+            });
+        }
         // The L4 header must lie inside the IP datagram, not in Ethernet padding after it.
         let (sport, dport, tcp_flags, icmp_type) = match ip.protocol {
             proto::TCP => {
@@ -232,6 +295,10 @@ impl Packet {
             }
             _ => return Err(Skip::OtherProto),
         };
+        // ICMP errors are single packets in practice; only flows' datagrams are remembered.
+        if frag_off & IP_MF != 0 && (sport != 0 || dport != 0) {
+            remember_fragment(&ip, sport, dport, icmp_type);
+        }
         Ok(Self {
             l4_off,
             proto: ip.protocol,
@@ -242,6 +309,7 @@ impl Packet {
             daddr: ip.daddr,
             sport,
             dport,
+            later_fragment: false,
         })
     }
 

@@ -146,7 +146,8 @@ pub fn udp_echo(ns: &str, port: u16, tag: &str) -> Result<Server> {
             Ok(s)
         },
         move |sock, s2| {
-            let mut buf = [0u8; 2048];
+            // Whole datagrams, up to the largest UDP payload (fragmented ones included).
+            let mut buf = vec![0u8; 65536];
             while !s2.load(Ordering::SeqCst) {
                 if let Ok((n, peer)) = sock.recv_from(&mut buf) {
                     let msg = format!("{tag} peer={peer} {}", String::from_utf8_lossy(&buf[..n]));
@@ -231,7 +232,7 @@ pub fn udp_request(ns: &str, ip: Ipv4Addr, port: u16, src_port: u16, msg: &str) 
 /// One request/answer on an existing socket (3 tries of 1 s).
 pub fn udp_exchange(s: &UdpSocket, ip: Ipv4Addr, port: u16, msg: &str) -> Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     for _ in 0..3 {
         s.send_to(msg.as_bytes(), (ip, port))?;
         if let Ok((n, _)) = s.recv_from(&mut buf) {

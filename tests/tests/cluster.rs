@@ -134,6 +134,16 @@ fn containers_on_two_nodes_talk_over_vxlan_and_networks_stay_apart() {
     let s = n0.json(&["stats", &a]);
     assert!(s["drops"]["policy"].as_u64().unwrap() > 0, "{s}");
 
+    // So do rate limits: a burst over a's egress limit is policed before the overlay.
+    n0.ok(&["limit", "set", &a, "--egress", "1mbit", "--burst", "64kb"]);
+    let t = echo_transfer(&a_ns, b_ip, 80, 32, 16384, Duration::ZERO)
+        .join()
+        .unwrap();
+    drop(t);
+    let s = n0.json(&["stats", &a]);
+    assert!(s["drops"]["ratelimit"].as_u64().unwrap() > 0, "{s}");
+    n0.ok(&["limit", "clear", &a]);
+
     let nodes = n0.json(&["node", "list"]);
     let names: Vec<&str> = nodes
         .as_array()

@@ -379,6 +379,72 @@ fn udp_entries_expire_after_their_timeout() {
     assert!(ans.ends_with("tock"), "{ans}");
 }
 
+/// A masqueraded TCP connection idle past its timeout (entries expired and removed) goes on
+/// when the container speaks again: its next segment is picked up as Linux's conntrack does
+/// (`nf_conntrack_tcp_loose`) and masqueraded with the port it had, so the peer's connection
+/// continues.
+#[test]
+fn an_idle_masqueraded_tcp_connection_is_picked_up_after_expiry() {
+    let sb = sandbox!(
+        "nat-pickup",
+        &["--ct-tcp-timeout", "2", "--ct-gc-interval", "1"]
+    );
+    let (_a, ns, a_ip) = sb.container("a");
+    let _srv = tcp_echo(&sb.client, 7000, "out").unwrap();
+    let client_ip = sb.client_ip;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<String>();
+    let conn = std::thread::spawn(move || {
+        in_ns(&ns, move || {
+            let mut s = TcpStream::connect((client_ip, 7000))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut greeting = Vec::new();
+            let mut byte = [0u8; 1];
+            while s.read(&mut byte)? == 1 && byte[0] != b'\n' {
+                greeting.push(byte[0]);
+            }
+            let mut exchange = |msg: &[u8]| -> anyhow::Result<Vec<u8>> {
+                s.write_all(msg)?;
+                let mut got = vec![0u8; msg.len()];
+                s.read_exact(&mut got)?;
+                Ok(got)
+            };
+            let one = exchange(b"one")?;
+            back_tx.send(String::from_utf8_lossy(&greeting).into_owned())?;
+            // Idle until the test saw the entries go.
+            rx.recv()?;
+            let two = exchange(b"two")?;
+            Ok((one, two))
+        })
+    });
+    let greeting = back_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(greeting.starts_with("out peer="), "{greeting}");
+    assert!(!entries_of(&sb, a_ip).is_empty(), "the flow is tracked");
+    eventually(Duration::from_secs(8), || {
+        let left = entries_of(&sb, a_ip);
+        if !left.is_empty() {
+            anyhow::bail!("still present: {left:?}");
+        }
+        Ok(())
+    })
+    .unwrap();
+    tx.send(()).unwrap();
+    let (one, two) = conn.join().unwrap().unwrap();
+    assert_eq!(one, b"one");
+    assert_eq!(
+        two, b"two",
+        "the connection goes on after its entries expired"
+    );
+    let e = entries_of(&sb, a_ip);
+    assert!(!e.is_empty(), "picked up: tracked again");
+    let port = answer_peer(&greeting).unwrap().port();
+    assert!(
+        e.iter()
+            .any(|e| e["translated_src"].as_str() == Some(&format!("{}:{port}", sb.uplink_ip))),
+        "masqueraded with the port it had ({port}): {e:?}"
+    );
+}
+
 #[test]
 fn container_del_removes_its_entries() {
     let sb = sandbox!("nat-del");
@@ -608,6 +674,56 @@ fn udp_to_a_closed_published_port_is_connection_refused() {
     );
 }
 
+/// Sends UDP from namespace `ns` to `ip:port` (connected socket) until the kernel reports
+/// ECONNREFUSED (an ICMP port unreachable matched the socket); otherwise what happened.
+fn udp_refused(ns: &str, ip: std::net::Ipv4Addr, port: u16) -> Result<(), String> {
+    in_ns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect((ip, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = [0u8; 64];
+        let mut last = String::new();
+        for _ in 0..4 {
+            if let Err(e) = s.send(b"anyone?") {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Ok(Ok(()));
+                }
+                last = format!("send: {e}");
+                continue;
+            }
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Ok(())),
+                Err(e) => last = format!("recv: {e} ({:?})", e.kind()),
+                Ok(n) => last = format!("unexpected answer of {n} bytes"),
+            }
+        }
+        Ok(Err(last))
+    })
+    .unwrap()
+}
+
+/// A container calling a closed published UDP port of its own (self-hairpin: DNAT to itself,
+/// SNAT to its gateway) gets the port unreachable its own kernel sends back as an error from
+/// the published address about its call; another container calling it gets it too.
+#[test]
+fn udp_to_a_closed_published_port_of_its_own_is_connection_refused() {
+    let sb = sandbox!("nat-self-unreach");
+    let (a, ns, _) = sb.container("a");
+    let (_b, b_ns, _) = sb.container("b");
+    // Nothing listens on the container's port 53.
+    assert_eq!(sb.publish(&a, "5353:53/udp"), vec![5353]);
+    assert_eq!(
+        udp_refused(&ns, sb.uplink_ip, 5353),
+        Ok(()),
+        "self-hairpin: the port unreachable must reach the caller as ECONNREFUSED"
+    );
+    assert_eq!(
+        udp_refused(&b_ns, sb.uplink_ip, 5353),
+        Ok(()),
+        "hairpin: the port unreachable must reach the other container as ECONNREFUSED"
+    );
+}
+
 #[test]
 fn a_full_conntrack_table_evicts_the_oldest_and_new_flows_still_work() {
     // 256 slots; 300 UDP flows need 600 halves.
@@ -738,7 +854,9 @@ fn an_upgrade_migrates_older_map_layouts_mid_transfer() {
         flows.iter().any(|f| f["packets"].as_u64().unwrap_or(0) > 0),
         "{flows:?}"
     );
-    // The per-CPU counters came over too, and go on counting.
+    // The per-CPU counters came over too, and go on counting (a request after the upgrade:
+    // on a loaded machine the transfer may have finished while the daemon was down).
+    tcp_request(&ns, sb.client_ip, 80, "after the upgrade").unwrap();
     let tx_after = sb.json(&["stats", &a])["tx_packets"].as_u64().unwrap();
     assert!(tx_after > tx_before, "tx_packets {tx_before} -> {tx_after}");
 }

@@ -300,9 +300,16 @@ fn cases() -> Vec<Case> {
             forwarded(Frame::tcp(HOST, 8080, C2, 42000, TCP_SYN | TCP_ACK)),
         ),
         case(
-            "hairpin: a TCP packet without SYN opens no flow and passes untouched",
+            "hairpin: a mid-stream TCP segment with no entry is picked up and DNATed (as Linux \
+             conntrack does: nf_conntrack_tcp_loose)",
             "from_container",
             Frame::tcp(C2, 42001, HOST, 8080, TCP_ACK).build(),
+            rewritten(Frame::tcp(C2, 42001, C1, 80, TCP_ACK)),
+        ),
+        case(
+            "hairpin: a FIN with no entry is not picked up: passes untouched to the node",
+            "from_container",
+            Frame::tcp(C2, 42003, HOST, 8080, 0x01 | TCP_ACK).build(),
             Untouched,
         ),
         case(
@@ -407,7 +414,8 @@ fn check_conntrack(bpf: &Ebpf) -> anyhow::Result<()> {
         sport: be16(sp),
         dport: be16(dp),
         proto: proto::TCP,
-        _pad: [0; 3],
+        echo: 0,
+        _pad: [0; 2],
     };
 
     let orig = ct.get(&key(CLIENT, 40000, HOST, 8080), 0)?;
@@ -464,7 +472,7 @@ fn check_counters(bpf: &Ebpf) -> anyhow::Result<()> {
     for (idx, name, want) in [
         (CNT_DNAT_UPLINK, "dnat_uplink", 8),
         (CNT_REVNAT, "revnat", 6),
-        (CNT_DNAT_HAIRPIN, "dnat_hairpin", 2),
+        (CNT_DNAT_HAIRPIN, "dnat_hairpin", 3),
         (CNT_PASS_MALFORMED, "pass_malformed", 3),
         (CNT_PASS_FRAGMENT, "pass_fragment", 1),
         (CNT_PASS_NOT_IPV4, "pass_not_ipv4", 1),

@@ -5,10 +5,12 @@
 //!   CNI plugin `tollgate-cni`.
 //! - `cargo xtask install-cni DIR`: build, then install the CNI plugin as `DIR/tollgate`.
 //! - `cargo xtask test`: setup, lint, build, unit tests, then the privileged integration tests.
-//! - `cargo xtask build-and-run`: build, then run `tollgate demo`.
+//! - `cargo xtask build-and-run`: build, then run `tollgate demo` and `tollgate demo --cluster`.
 //! - `cargo xtask package [--no-build] [--out DIR]`: build, then the Debian package.
 //! - `cargo xtask bench [--quick] [--out DIR] [--only WORKLOAD]`: baseline vs iptables vs
 //!   userland proxy vs tollgate, in namespaces of its own (docs/benchmarks.md).
+//! - `cargo xtask bench cni [--quick] [--runs N] [--others N] ...`: podman on Tollgate
+//!   (through `tollgate-cni`) against podman on bridge + portmap, in one sandbox.
 //! - `cargo xtask soak [--minutes N]`: long-lived flows and new connections while other
 //!   containers churn; nothing lost, maps back to size, memory flat (docs/soak.md).
 
@@ -58,7 +60,8 @@ enum Task {
     /// Setup, lint (fmt, clippy), build, run the unit tests, then the privileged integration
     /// tests (crate tollgate-tests) against target/release/tollgate.
     Test(test::TestArgs),
-    /// Build (release), then run `tollgate demo`; exits with the demo's exit status.
+    /// Build (release), then run `tollgate demo` (one node) and `tollgate demo --cluster` (two
+    /// nodes and an etcd member); fails if either demo fails.
     BuildAndRun(run::RunArgs),
     /// Setup, build, then the Debian package (tollgate, the CNI plugin, tollgate.service,
     /// completions, man pages) in target/debian (--out).
@@ -94,10 +97,21 @@ struct RatelimitCli {
     args: bench_ratelimit::RatelimitArgs,
 }
 
+/// `cargo xtask bench cni [--quick] [--runs N] [--others N] [--ports-per-other N] ...`.
+#[derive(Parser)]
+#[command(name = "cargo xtask bench cni")]
+struct CniCli {
+    #[command(flatten)]
+    args: bench::cni::CniArgs,
+}
+
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
-    let result = if raw.get(1..3) == Some(&["bench".to_string(), "ratelimit".to_string()]) {
+    let sub = raw.get(1..3);
+    let result = if sub == Some(&["bench".to_string(), "ratelimit".to_string()]) {
         bench_ratelimit::run(&RatelimitCli::parse_from(&raw[2..]).args)
+    } else if sub == Some(&["bench".to_string(), "cni".to_string()]) {
+        bench::cni::run(&CniCli::parse_from(&raw[2..]).args)
     } else {
         match Cli::parse().task {
             Task::Setup => setup::run(),
@@ -190,6 +204,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_cni_flags() {
+        let cli = CniCli::try_parse_from(["cni", "--quick", "--others", "3", "--docs"]).unwrap();
+        assert!(cli.args.quick && cli.args.docs);
+        assert_eq!(cli.args.others, Some(3));
+        assert!(CniCli::try_parse_from(["cni", "--bogus"]).is_err());
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         step(
             cargo()
                 .env("TOLLGATE_BIN", &bin)
-                .args(["test", "-p", "tollgate-tests", "--tests"])
+                // Every test binary runs even when one fails: one CI run reports them all.
+                .args(["test", "-p", "tollgate-tests", "--tests", "--no-fail-fast"])
                 .args(cargo_args)
                 .args(["--", "--test-threads", &args.test_threads.to_string()])
                 .args(harness_args),

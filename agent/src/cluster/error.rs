@@ -1,63 +1,8 @@
-//! Errors of the cluster store, with a kind the node layer turns into a status code
-//! (`Unavailable` is 503: the store cannot be reached, nothing was changed).
+//! Errors of the cluster store: the crate's (`crate::error`, the same the node operations
+//! return), and how etcd client errors map to their kinds.
 
-use std::fmt;
-
-/// What went wrong, as far as a client is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// The request is malformed or asks for something impossible (400).
-    BadInput,
-    /// A network (or a block) that does not exist (404).
-    NotFound,
-    /// The request clashes with what the store holds: a name taken, an overlapping subnet, a
-    /// block of another node, a network still in use, a subnet without a free block (409).
-    Conflict,
-    /// The store cannot be reached, or did not answer in time (503).
-    Unavailable,
-    /// The store answered something this code cannot read (500).
-    Internal,
-}
-
-#[derive(Debug)]
-pub struct Error {
-    pub kind: Kind,
-    pub err: anyhow::Error,
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    pub fn new(kind: Kind, msg: impl fmt::Display) -> Self {
-        Self {
-            kind,
-            err: anyhow::anyhow!("{msg}"),
-        }
-    }
-
-    pub fn is_unavailable(&self) -> bool {
-        self.kind == Kind::Unavailable
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.err)
-    }
-}
-
-impl std::error::Error for Error {}
-
-/// `return Err(Error::new(kind, format!(...)))`.
-macro_rules! fail {
-    ($kind:ident, $($arg:tt)*) => {
-        return Err($crate::cluster::error::Error::new(
-            $crate::cluster::error::Kind::$kind,
-            format!($($arg)*),
-        ))
-    };
-}
-pub(crate) use fail;
+pub(crate) use crate::error::fail;
+pub use crate::error::{Error, Kind, Result};
 
 /// The kind of an etcd client error: transport failures, timeouts and the server's
 /// "unavailable" answers (no leader, request timed out, shutting down) mean the store cannot be

@@ -1,7 +1,11 @@
 //! The real datapath: the pinned aya maps and programs, TCX and cgroup links, and rtnetlink
 //! for veths, addresses and routes.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::programs::TcAttachType;
@@ -31,16 +35,24 @@ pub struct KernelDatapath {
     pub loaded: Loaded,
     pub pins: Pins,
     pub nl: Handle,
+    /// Where the ports Tollgate reserved are recorded (`reserved`).
+    pub reserved_record: PathBuf,
 }
 
 impl KernelDatapath {
     /// Loads (or reopens) the pinned datapath under `bpffs` and opens netlink in the calling
-    /// thread's namespace. Needs a tokio runtime.
-    pub fn open(bpffs: &Path, conntrack_max: u32) -> Result<Self> {
+    /// thread's namespace; the reserved ports are recorded in `state_dir`. Needs a tokio
+    /// runtime.
+    pub fn open(bpffs: &Path, conntrack_max: u32, state_dir: &Path) -> Result<Self> {
         let pins = Pins::new(bpffs);
         let loaded = super::loader::load(&pins, conntrack_max)?;
         let nl = netlink::connect()?;
-        Ok(Self { loaded, pins, nl })
+        Ok(Self {
+            loaded,
+            pins,
+            nl,
+            reserved_record: super::reserved::record_path(state_dir),
+        })
     }
 
     fn attach_tc(&mut self, prog_name: &str, ifname: &str, at: TcAttachType) -> Result<()> {
@@ -297,6 +309,10 @@ impl Datapath for KernelDatapath {
 
     fn port_held(&self, ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {
         listeners::held(ip, port, proto)
+    }
+
+    fn reserve_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
+        super::reserved::sync(&self.reserved_record, ports)
     }
 
     fn set_chain(&mut self, id: u32, net: Ipv4Net, chain: &PolicyChain) -> Result<()> {

@@ -36,6 +36,8 @@ pub struct Tables {
     pub guards: BTreeSet<(u16, u8)>,
     /// Guarded ports a runtime may bind, with its tgid.
     pub guard_owners: BTreeMap<(u16, u8), u32>,
+    /// Ports kept out of the ephemeral range for Tollgate.
+    pub reserved: BTreeSet<u16>,
     /// Other nodes' container prefixes: prefix -> (node, VNI).
     pub remotes: BTreeMap<ipnet::Ipv4Net, (Ipv4Addr, u32)>,
     pub chains: BTreeMap<(u32, Ipv4Net), PolicyChain>,
@@ -246,6 +248,12 @@ impl Datapath for MemoryDatapath {
 
     fn port_held(&self, _ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool {
         self.held.contains(&(port, proto))
+    }
+
+    // Not a counted write: best effort in the node (a failure is only logged).
+    fn reserve_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
+        self.t.reserved.clone_from(ports);
+        Ok(())
     }
 
     fn set_chain(&mut self, id: u32, net: Ipv4Net, chain: &PolicyChain) -> Result<()> {

@@ -13,9 +13,10 @@ pub mod loader;
 pub mod maps;
 pub mod memory;
 pub mod migrate;
+pub mod reserved;
 pub mod types;
 
-use std::{future::Future, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, future::Future, net::Ipv4Addr, path::Path};
 
 use anyhow::Result;
 use datapath_common::{endpoint::PolicyChain, ratelimit::RateLimit};
@@ -85,6 +86,9 @@ pub trait Datapath: Send + 'static {
     fn set_guard_owner(&mut self, port: u16, proto: u8, tgid: u32) -> Result<()>;
     /// Whether a node process holds `ip:port` (every address when None).
     fn port_held(&self, ip: Option<Ipv4Addr>, port: u16, proto: Proto) -> bool;
+    /// Keeps exactly `ports` of Tollgate's out of the node's ephemeral port range (the user's
+    /// own reserved ports stay: `reserved`).
+    fn reserve_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()>;
 
     // Policy and ICC links.
     fn set_chain(&mut self, id: u32, net: Ipv4Net, chain: &PolicyChain) -> Result<()>;

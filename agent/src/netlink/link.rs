@@ -155,3 +155,31 @@ pub async fn mtu_of(handle: &Handle, index: u32) -> Result<u32> {
         })
         .ok_or_else(|| anyhow!("link {index} has no MTU"))
 }
+
+/// Creates a bridge called `name` (`ip link add NAME type bridge`) and sets it up; returns its
+/// ifindex.
+pub async fn add_bridge(handle: &Handle, name: &str) -> Result<u32> {
+    handle
+        .link()
+        .add()
+        .bridge(name.to_string())
+        .execute()
+        .await
+        .with_context(|| format!("creating the bridge {name}"))?;
+    let index = require_index(handle, name).await?;
+    set_up(handle, index).await?;
+    Ok(index)
+}
+
+/// Makes link `index` a port of the bridge `bridge` (`ip link set LINK master BRIDGE`) and
+/// sets it up.
+pub async fn set_controller(handle: &Handle, index: u32, bridge: u32) -> Result<()> {
+    handle
+        .link()
+        .set(index)
+        .controller(bridge)
+        .up()
+        .execute()
+        .await
+        .with_context(|| format!("adding link {index} to bridge {bridge}"))
+}

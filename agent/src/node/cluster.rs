@@ -17,7 +17,7 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use super::{
-    error::{fail, Error, Kind, KindExt, Result},
+    error::{fail, Kind, KindExt, Result},
     tx::Change,
     Node,
 };
@@ -43,18 +43,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A cluster store error as a node error, with what to do about it.
-fn store_err(e: cluster::Error) -> Error {
-    let kind = match e.kind {
-        cluster::Kind::BadInput => Kind::BadInput,
-        cluster::Kind::NotFound => Kind::NotFound,
-        cluster::Kind::Conflict => Kind::Conflict,
-        cluster::Kind::Unavailable => Kind::Unavailable,
-        cluster::Kind::Internal => Kind::Internal,
-    };
-    Error { kind, err: e.err }
 }
 
 impl<D: Datapath, S: Store> Node<D, S> {
@@ -99,8 +87,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
             .cluster_or_fail()?
             .handle
             .create_network(spec, &local)
-            .await
-            .map_err(store_err)?;
+            .await?;
         let n = network_of(&rec);
         let mut next = self.state.clone();
         next.networks.insert(n.name.clone(), n);
@@ -120,9 +107,9 @@ impl<D: Datapath, S: Store> Node<D, S> {
         let blocks: Vec<Ipv4Net> = self.state.blocks.get(name).cloned().unwrap_or_default();
         let handle = self.cluster_or_fail()?.handle.clone();
         for b in &blocks {
-            handle.release_block(name, *b).await.map_err(store_err)?;
+            handle.release_block(name, *b).await?;
         }
-        handle.remove_network(name).await.map_err(store_err)?;
+        handle.remove_network(name).await?;
         let mut next = self.state.clone();
         next.networks.remove(name);
         next.blocks.remove(name);
@@ -166,12 +153,7 @@ impl<D: Datapath, S: Store> Node<D, S> {
                 return Ok(s);
             }
         }
-        let block = self
-            .cluster_or_fail()?
-            .handle
-            .claim_block(network)
-            .await
-            .map_err(store_err)?;
+        let block = self.cluster_or_fail()?.handle.claim_block(network).await?;
         info!(network, %block, "claimed an address block");
         let mut next = self.state.clone();
         next.blocks

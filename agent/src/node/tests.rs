@@ -364,6 +364,37 @@ fn a_restart_reconciles_the_datapath_to_the_stored_state() {
     assert_eq!(got, want);
 }
 
+#[test]
+fn published_ports_are_reserved_while_published() {
+    let reserved = |n: &TestNode| -> Vec<u16> { n.datapath().t.reserved.iter().copied().collect() };
+    let mut n = busy();
+    assert_eq!(
+        reserved(&n),
+        vec![53, 8080],
+        "every published port, TCP and UDP"
+    );
+    block_on(n.port_add("db", &specs(&["192.168.1.1:8080:80/udp", ":5432"]))).unwrap();
+    assert_eq!(
+        reserved(&n),
+        vec![53, 8080, 61001],
+        "host-IP-specific and allocated ports too"
+    );
+    let d: Vec<DelSpec> = vec!["8080".parse().unwrap()];
+    block_on(n.port_del("web", &d)).unwrap();
+    assert_eq!(
+        reserved(&n),
+        vec![53, 8080, 61001],
+        "8080/udp of db is still published"
+    );
+    block_on(n.container_del("db")).unwrap();
+    assert_eq!(reserved(&n), vec![53], "db's ports went with it");
+    // A restart recomputes the set from the state.
+    let (mut dp, store) = n.into_parts();
+    dp.t.reserved.clear();
+    let n = node_on(dp, store);
+    assert_eq!(reserved(&n), vec![53]);
+}
+
 /// `kill -9` after a container was plumbed and before its commit (the store "crashes" at the
 /// commit): the restart removes its namespace, veth, hooks and entries, and the name, the
 /// address and the veth name can be used again.

@@ -75,6 +75,8 @@ impl Step {
             }
             Step::MapPorts { container, maps } => {
                 let c = container_in(st, container)?;
+                // Reserved before the map exists, so no node connection picks the port after.
+                sync_reserved(dp, st);
                 for m in maps.iter() {
                     dp.set_portmap(published(m), target(&c, m))?;
                     set_guard_owner(dp, &c, m)?;
@@ -110,6 +112,7 @@ impl Step {
             }
             Step::UnmapPorts { container, maps } => {
                 let c = container_in(prev, container)?;
+                sync_reserved(dp, prev);
                 for m in maps {
                     dp.set_portmap(published(m), target(&c, m))?;
                 }
@@ -323,7 +326,7 @@ pub fn unpublish<D: Datapath>(dp: &mut D, st: &State, gone: &[PortMapping]) -> R
 }
 
 /// Makes the bind guards hold no (port, proto) that `st` does not publish (guards are added
-/// with their maps).
+/// with their maps), and the reserved ports exactly the ones it publishes (`sync_reserved`).
 pub fn sync_guards<D: Datapath>(dp: &mut D, st: &State) -> Result<()> {
     let want: HashSet<(u16, u8)> = st
         .all_ports()
@@ -334,7 +337,23 @@ pub fn sync_guards<D: Datapath>(dp: &mut D, st: &State) -> Result<()> {
             dp.remove_guard(port, proto)?;
         }
     }
+    sync_reserved(dp, st);
     Ok(())
+}
+
+/// Keeps every host port `st` publishes (any protocol, any host IP) out of the node's
+/// ephemeral range, and no other port of Tollgate's (`datapath::reserved`): a node connection
+/// whose source port is published would have its replies translated to the container. Best
+/// effort: where the sysctl cannot be written (a read-only `/proc/sys`) the maps still work,
+/// and a warning says what is not guaranteed.
+pub fn sync_reserved<D: Datapath>(dp: &mut D, st: &State) {
+    let want: BTreeSet<u16> = st.all_ports().map(|(_, m)| m.host_port).collect();
+    if let Err(e) = dp.reserve_ports(&want) {
+        warn!(
+            "keeping published ports out of the ephemeral range (ip_local_reserved_ports): \
+             {e:#}; a node connection may pick a published port as its source port"
+        );
+    }
 }
 
 /// Lets the CNI runtime that published `m` through `c` bind its port (its reservation).

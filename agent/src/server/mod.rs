@@ -31,7 +31,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     // Before anything opens fds: the API's connection cap is sized from it.
     let nofile = conn::raise_nofile();
     let store = FileStore::open(&settings.state_dir)?;
-    let dp = KernelDatapath::open(&settings.bpffs, settings.conntrack_max)?;
+    let dp = KernelDatapath::open(&settings.bpffs, settings.conntrack_max, &settings.state_dir)?;
     let ifindex = link::require_index(&dp.nl, &settings.uplink)
         .await
         .with_context(|| format!("--uplink {}", settings.uplink))?;

@@ -3,7 +3,7 @@
 //! ```text
 //! container A --> [tgA] from_container --+-- over A's egress limit:              drop (RateLimit)
 //!                                        +-- source is not A's IP:              drop (Spoof)
-//!                                        +-- ICMP error about a translated flow: source back to hostip / snat_ip --> FIB redirect
+//!                                        +-- ICMP error about a translated flow: translated like the flow --> FIB redirect (self-hairpin: back out [tgA])
 //!                                        +-- other protocol (SCTP, GRE, ...):   link | ICC, policy --> node stack, or drop
 //!                                        +-- conntrack hit:
 //!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
@@ -23,14 +23,20 @@
 //! next hop as the FIB last gave it, cached in the flow's conntrack entry for a second.
 //!
 //! Only a packet that `opens_flow` (UDP, ICMP echo request, TCP SYN without ACK) creates
-//! conntrack entries. Any other packet without an entry is the answer to something the
-//! datapath did not see open: it passes untouched when it goes to a node address (the node's
-//! own sockets judge it, e.g. a container answering a connection the node made) or to a
-//! container this one may reach (ICC on or linked); otherwise it is dropped (`Icc` towards
-//! a container, `Policy` towards the outside, which could not be masqueraded anyway).
+//! conntrack entries, and a mid-stream TCP segment (ACK without SYN/FIN/RST) towards the
+//! outside or a published port, which is picked up as Linux's conntrack does
+//! (`conntrack::picks_up`: judged and translated like a new flow; a masqueraded flow whose
+//! entries expired usually gets its old port back, the search starting where it started).
+//! Any other packet without an entry is the answer to something the datapath did not see
+//! open: it passes untouched when it goes to a node address (the node's own sockets judge it,
+//! e.g. a container answering a connection the node made) or to a container this one may
+//! reach (ICC on or linked); otherwise it is dropped (`Icc` towards a container, `CtInvalid`
+//! towards the outside: a SYN-ACK, FIN, RST or echo reply of no live flow, which could not be
+//! masqueraded anyway).
 //! ICMP errors a container sends are answers and pass; those about a flow that reached it
-//! translated (port map, hairpin, masquerade reply) are translated back like the flow's other
-//! packets (`nat::icmp::container_error`) and forwarded. IP protocols other than TCP/UDP/ICMP
+//! translated (port map, hairpin or self-hairpin, masquerade reply) are translated back like
+//! the flow's other packets (`nat::icmp::container_error`) and forwarded (a self-hairpin's
+//! back into the container). IP protocols other than TCP/UDP/ICMP
 //! echo (SCTP, GRE, other ICMP types, ...) are not tracked: every such packet is judged like a
 //! new flow (links/ICC towards a container, then the policy chain with protocol-specific or
 //! any-protocol rules, and no port), and passes untouched or is dropped.
@@ -42,6 +48,7 @@ use datapath_common::{
     conntrack::{CtEntry, CtKey, CT_HAIRPIN},
     drop::DropReason,
     endpoint::Endpoint,
+    overlay::Remote,
     portmap::PortValue,
     stats::{CNT_DNAT_HAIRPIN, CNT_REVNAT, CNT_SNAT, CNT_SNAT_FLOWS},
 };
@@ -85,11 +92,25 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     let mut pkt = match Packet::parse(ctx) {
         Ok(pkt) => pkt,
         Err(Skip::OtherProto) => return other_proto(ctx, ep, cfg, ip.daddr, ip.protocol),
+        Err(Skip::Fragment) => return Err(headless_fragment(ip.daddr)),
         Err(s) => return Err(s.into()),
     };
     let now = conntrack::now_ns();
+    // A container of another node (cluster mode): its own short path, apart from the NAT
+    // paths below (nothing is ever translated between nodes), which also keeps the verifier's
+    // walk of this program within its limit.
+    if let Some(r) = overlay::remote_for(cfg, pkt.daddr) {
+        return to_remote(ctx, &pkt, ep, cfg, &r, now);
+    }
+    if pkt.later_fragment {
+        return later_fragment(ctx, &mut pkt, cfg, now);
+    }
     if pkt.is_icmp_error() {
-        icmp::container_error(ctx, &mut pkt, cfg, now)?;
+        let back = icmp::container_error(ctx, &mut pkt, cfg, now)?;
+        if back != 0 {
+            // About a self-hairpin flow: back into the container, like the flow's packets.
+            return Ok(redirect::back_to_container(ctx, back)?);
+        }
         // Its source is now a node address: the stack would drop it as a martian.
         return Ok(redirect::forward(ctx, &pkt, None, now)?);
     }
@@ -127,10 +148,6 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     }
     if entry.redirect_ifindex != 0 {
         return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
-    }
-    // A container of another node: into the overlay (never masqueraded, never the stack).
-    if let Some(r) = overlay::remote_for(cfg, pkt.daddr) {
-        return Ok(overlay::encap(ctx, &r, cfg)?);
     }
     // A port map's or hairpin's reply and a masqueraded flow's packets leave with a node
     // address as their source.
@@ -173,16 +190,7 @@ fn new_flow(
     now: u64,
 ) -> Result<Hit, Stop> {
     let peer = lookup::endpoint(pkt.daddr);
-    if peer.is_none() {
-        if let Some(r) = overlay::remote_for(cfg, pkt.daddr) {
-            // Tracked even from a packet that does not open a flow (entries lost or expired
-            // mid-flow), as the uplink does: the other node judged the flow's opening.
-            policy::to_remote(ep, r.vni, pkt.daddr, pkt.proto, pkt.dport)?;
-            let (e, other) = conntrack::create_plain(key, ep.id, now)?;
-            return Ok((e, Some(other), None));
-        }
-    }
-    if !pkt.opens_flow() {
+    if !pkt.opens_flow() && !(conntrack::picks_up(pkt) && picked_up_here(pkt, peer.as_ref())) {
         return Err(unopened(pkt, ep, peer.as_ref(), cfg));
     }
     // A published port: allowed whatever ICC says (that is what publishing is for), but the
@@ -242,6 +250,76 @@ fn other_proto(
     Err(Skip::OtherProto.into())
 }
 
+/// A packet to a container of another node (`r` holds its prefix): a tracked flow of the
+/// same network, judged once (ICC, then the container's egress policy) and encapsulated into
+/// the overlay, never translated. Tracked even from a packet that does not open a flow
+/// (entries lost or expired mid-flow), as the uplink does: the other node judged its opening.
+/// ICMP errors about such flows go the same way, untouched.
+#[inline(always)]
+fn to_remote(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ep: &Endpoint,
+    cfg: &Config,
+    r: &Remote,
+    now: u64,
+) -> Result<i32, Stop> {
+    if !pkt.is_icmp_error() {
+        let key = conntrack::key_of(pkt);
+        let (e, other) = match conntrack::classify(&key, pkt, cfg, now) {
+            Ct::Hit(f) if f.kind == Kind::Plain => (
+                f.entry,
+                conntrack::other_half(&key, f.entry, pkt, cfg, now)?,
+            ),
+            _ => {
+                policy::to_remote(ep, r.vni, pkt.daddr, pkt.proto, pkt.dport)?;
+                let (e, other) = conntrack::create_plain(&key, ep.id, now)?;
+                (e, Some(other))
+            }
+        };
+        conntrack::touch(e, other, pkt, ctx.len(), now);
+    }
+    Ok(overlay::encap(ctx, r, cfg)?)
+}
+
+/// A datagram's later fragment (its first one's ports from `TG_FRAGS`): translated as the
+/// flow its first fragment hit or created, its IP header only; a flow that does not exist
+/// (any more) is a headless fragment.
+#[inline(always)]
+fn later_fragment(ctx: &TcContext, pkt: &mut Packet, cfg: &Config, now: u64) -> Result<i32, Stop> {
+    let key = conntrack::key_of(pkt);
+    let f = match conntrack::classify(&key, pkt, cfg, now) {
+        Ct::Hit(f) if !(f.kind == Kind::PortMap && f.half == Half::Original) => f,
+        _ => return Err(headless_fragment(pkt.daddr)),
+    };
+    let entry = conntrack::xlate(f.entry);
+    nat::apply_fragment(ctx, pkt, &entry)?;
+    conntrack::touch(f.entry, None, pkt, ctx.len(), now);
+    if entry.redirect_ifindex != 0 {
+        return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
+    }
+    let node_source = matches!(
+        (f.kind, f.half),
+        (Kind::PortMap | Kind::Hairpin, Half::Reply) | (Kind::Masq, Half::Original)
+    );
+    if node_source {
+        return Ok(redirect::forward(ctx, pkt, Some(f.entry), now)?);
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// A later fragment whose first fragment was not seen: it passes to the node or another
+/// container (untranslated is right there), but anything that would leave translated is
+/// dropped rather than leak the container's address.
+#[inline(always)]
+fn headless_fragment(daddr: u32) -> Stop {
+    if lookup::is_local(daddr) || lookup::endpoint(daddr).is_some() {
+        Skip::Fragment.into()
+    } else {
+        DropReason::FragNoHead.into()
+    }
+}
+
 /// What happens to a packet that may not open a flow and has no entry (module docs).
 #[inline(always)]
 fn unopened(pkt: &Packet, ep: &Endpoint, peer: Option<&Endpoint>, cfg: &Config) -> Stop {
@@ -253,8 +331,19 @@ fn unopened(pkt: &Packet, ep: &Endpoint, peer: Option<&Endpoint>, cfg: &Config) 
             Ok(()) => Skip::NotOurs.into(),
             Err(r) => r.into(),
         },
-        None => DropReason::Policy.into(),
+        None => DropReason::CtInvalid.into(),
     }
+}
+
+/// Whether a mid-stream TCP segment with no entry (`conntrack::picks_up`) starts a flow here:
+/// towards the outside or a published port, the flows the datapath translates. Towards a node
+/// address or another container it is an answer (`unopened`): tracking it would judge the
+/// container's answers to the node by its egress policy.
+#[inline(always)]
+fn picked_up_here(pkt: &Packet, peer: Option<&Endpoint>) -> bool {
+    peer.is_none()
+        && (!lookup::is_local(pkt.daddr)
+            || lookup::published(pkt.daddr, pkt.dport, pkt.proto).is_some())
 }
 
 /// Creates the conntrack halves of a container's new flow to a published port (hairpin).

@@ -49,6 +49,9 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         icmp::rev_error(ctx, &pkt, cfg, now, owner)?;
         return Ok(TC_ACT_OK);
     }
+    if pkt.later_fragment {
+        return later_fragment(ctx, &mut pkt, cfg, now, owner);
+    }
     let key = conntrack::key_of(&pkt);
     let (e, other, counter) = match conntrack::classify(&key, &pkt, cfg, now) {
         Ct::Hit(f) if carries(&f) => {
@@ -78,6 +81,32 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         // (bpf_redirect_neigh), skipping the node's IP input, netfilter and forwarding.
         // Without a forwarding route it falls back to the stack.
         return Ok(redirect::into_container(ctx, &pkt, e, now)?);
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// A datagram's later fragment (its first one's ports from `TG_FRAGS`): translated as the
+/// flow its first fragment hit or created, its IP header only; without a live flow it passes
+/// (the node's reassembly discards what it cannot complete).
+#[inline(always)]
+fn later_fragment(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    cfg: &datapath_common::config::Config,
+    now: u64,
+    owner: &mut u32,
+) -> Result<i32, Stop> {
+    let key = conntrack::key_of(pkt);
+    let f = match conntrack::classify(&key, pkt, cfg, now) {
+        Ct::Hit(f) if carries(&f) => f,
+        _ => return Err(Skip::Fragment.into()),
+    };
+    *owner = f.owner();
+    let entry = conntrack::xlate(f.entry);
+    nat::apply_fragment(ctx, pkt, &entry)?;
+    conntrack::touch(f.entry, None, pkt, ctx.len(), now);
+    if hit_counter(&f).is_some() {
+        return Ok(redirect::into_container(ctx, pkt, f.entry, now)?);
     }
     Ok(TC_ACT_OK)
 }
@@ -140,7 +169,9 @@ fn routed(
     now: u64,
     owner: &mut u32,
 ) -> Result<Hit, Stop> {
-    if !pkt.opens_flow() {
+    // A mid-stream segment is picked up too (`conntrack::picks_up`), so a routed connection
+    // whose entries expired goes on untranslated both ways.
+    if !pkt.opens_flow() && !conntrack::picks_up(pkt) {
         return Err(Skip::NotOurs.into());
     }
     let ep = lookup::endpoint(pkt.daddr).ok_or(Skip::NotOurs)?;

@@ -12,14 +12,30 @@
 //! inner  snat_ip:nat_port -> peer:p becomes  container:port -> peer:p
 //! ```
 //! `container_error` (`from_container`): the container answers a packet that reached it
-//! translated (a port map's or hairpin's DNAT, a masqueraded flow's reply) with such an error.
-//! It must leave as the translated address, or the peer cannot match it to its socket (and the
-//! container's address would leak):
+//! translated (a port map's or hairpin's DNAT, a masqueraded flow's reply, a hairpin's reply)
+//! with such an error. The error is translated as a packet of the flow in the container's
+//! direction would be, its quote as the packet it quotes was before its translation, or the
+//! peer cannot match it to its socket (and the container's address would leak):
 //!
 //! ```text
 //! outer  container -> client                 becomes  hostip -> client
 //! inner  client:c -> container:port          becomes  client:c -> hostip:P
 //! ```
+//! A flow that rewrites both ends (a container calling its own published port: DNAT to
+//! itself, SNAT to its gateway) has its error rewritten at both ends and sent back into the
+//! container, like the flow's packets:
+//!
+//! ```text
+//! outer  container -> gateway                becomes  hostip -> container
+//! inner  gateway:c -> container:port         becomes  container:c -> hostip:P
+//! ```
+//! and a hairpin caller's error about the reply it got goes to the server container:
+//! `caller -> hostip` quoting `hostip:P -> caller:c` becomes `caller -> server` quoting
+//! `server:port -> caller:c`.
+//!
+//! A quoted ICMP echo (request or reply) is looked up by its identifier like the echo's own
+//! packets, so errors about masqueraded pings are translated too (the quoted identifier
+//! with them).
 //! Checksums: outer IPv4 incrementally with the kernel helper; everything inside the ICMP
 //! message (inner address, inner IPv4 checksum, inner port, inner L4 checksum when quoted,
 //! and the ICMP checksum that covers them all) is computed with `datapath_common::csum` and
@@ -39,17 +55,26 @@ use crate::{
     conntrack::{self, Xlate},
     nat::End,
     packet::{
-        Ipv4Hdr, Packet, ICMP_CSUM_OFF, ICMP_ECHO, ICMP_HLEN, ICMP_ID_OFF, IPV4_CSUM_OFF,
-        IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        Ipv4Hdr, Packet, ETH_HLEN, ICMP_CSUM_OFF, ICMP_ECHO, ICMP_ECHO_REPLY, ICMP_HLEN,
+        ICMP_ID_OFF, IPV4_CSUM_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, TCP_CSUM_OFF,
+        UDP_CSUM_OFF,
     },
     verdict::{self, Skip, Stop},
 };
+
+/// The IPv4 total length, from the start of the frame.
+const IP_TOT_LEN_OFF: usize = ETH_HLEN + 2;
 
 /// The quoted packet: where its headers sit and its tuple (network order).
 struct Inner {
     ip_off: usize,
     l4_off: usize,
+    /// End of the error's own datagram (`tot_len`): the quote stops there, whatever follows
+    /// in the frame (Ethernet padding, a trailer) is neither read nor written.
+    end: usize,
     proto: u8,
+    /// An ICMP echo request (its identifier is `sport`; an echo reply's is `dport`).
+    echo_request: bool,
     saddr: u32,
     daddr: u32,
     sport: u16,
@@ -84,38 +109,51 @@ pub fn rev_error(
     Ok(())
 }
 
-/// Translates an ICMP error container-sent about a TCP/UDP flow that reached it translated
-/// (module docs): the outer source and the quoted destination become the address (and port)
-/// the peer sent to. `pkt.saddr` follows, for the caller's forwarding. `NotOurs` when the
-/// quoted flow is unknown or untranslated (the error passes as it is).
+/// Translates an ICMP error container-sent about a flow that reached it translated (module
+/// docs) as the flow's entry in the container's direction rewrites that direction's packets:
+/// its SNAT gives the outer source and the quoted destination (the address and port the
+/// peer sent to), its DNAT the outer destination and the quoted source (where the peer
+/// really is). `pkt` follows, for the caller's forwarding. Returns the flow's
+/// `redirect_ifindex`: nonzero when the error goes back out of the container's own veth
+/// (self-hairpin). `NotOurs` when the quoted flow is unknown or untranslated (the error
+/// passes as it is).
 #[inline(always)]
 pub fn container_error(
     ctx: &TcContext,
     pkt: &mut Packet,
     cfg: &Config,
     now: u64,
-) -> Result<(), Stop> {
+) -> Result<u32, Stop> {
     let inner = quoted(ctx, pkt)?;
-    // About a packet the container received: it was addressed to the container.
-    if inner.daddr != pkt.saddr || inner.proto == proto::ICMP {
+    // About a packet the container received: it came from the error's destination and was
+    // addressed to the container.
+    if inner.daddr != pkt.saddr || inner.saddr != pkt.daddr {
         return Err(Skip::NotOurs.into());
     }
     // The container's own direction of the flow: container -> peer.
     let entry = other_direction(&inner, cfg, now)?;
-    // A source rewrite back to a node address: a port map's or hairpin's reply half, a
-    // masqueraded flow's original half. (A self-hairpin also rewrites the destination and
-    // stays inside the container: not handled, the error passes untouched.)
-    if entry.flags & (CT_SNAT | CT_DNAT) != CT_SNAT {
+    // A source rewrite back to a node address (a port map's or hairpin's reply half, a
+    // masqueraded flow's original half), a destination rewrite to the server (a hairpin's
+    // original half), or both (a self-hairpin).
+    if entry.flags & (CT_SNAT | CT_DNAT) == 0 {
         return Err(Skip::NotOurs.into());
     }
-    outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, entry.nat_saddr)?;
-    pkt.saddr = entry.nat_saddr;
-    inner_rewrite(ctx, pkt, &inner, End::Dst, entry.nat_saddr, entry.nat_sport)?;
+    if entry.flags & CT_SNAT != 0 {
+        outer_addr(ctx, IP_SADDR_OFF, pkt.saddr, entry.nat_saddr)?;
+        pkt.saddr = entry.nat_saddr;
+        inner_rewrite(ctx, pkt, &inner, End::Dst, entry.nat_saddr, entry.nat_sport)?;
+    }
+    if entry.flags & CT_DNAT != 0 {
+        outer_addr(ctx, IP_DADDR_OFF, pkt.daddr, entry.nat_daddr)?;
+        pkt.daddr = entry.nat_daddr;
+        inner_rewrite(ctx, pkt, &inner, End::Src, entry.nat_daddr, entry.nat_dport)?;
+    }
     verdict::count(CNT_ICMP_ERR_XLATED);
-    Ok(())
+    Ok(entry.redirect_ifindex)
 }
 
-/// The live entry of the quoted packet's flow in the other direction (its reply's tuple).
+/// The live entry of the quoted packet's flow in the other direction (its reply's tuple; for
+/// a quoted echo request the reply's key, for a quoted echo reply the request's).
 #[inline(always)]
 fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<Xlate, Stop> {
     let key = conntrack::make_key(
@@ -124,41 +162,57 @@ fn other_direction(inner: &Inner, cfg: &Config, now: u64) -> Result<Xlate, Stop>
         inner.dport,
         inner.sport,
         inner.proto,
+        !inner.echo_request,
     );
     let e = conntrack::lookup_live(&key, cfg, now).ok_or(Skip::NotOurs)?;
     Ok(conntrack::xlate(e))
 }
 
 /// Parses the quoted IPv4 header and the ports after it (an echo request: the identifier as
-/// its source "port", as `Packet` keys it).
+/// its source "port", an echo reply: as its destination "port", as `Packet` keys them), all
+/// inside the error's datagram.
 #[inline(always)]
 fn quoted(ctx: &TcContext, pkt: &Packet) -> Result<Inner, Skip> {
+    let tot_len: u16 = ctx.load(IP_TOT_LEN_OFF).map_err(|_| Skip::Malformed)?;
+    let end = ETH_HLEN + usize::from(u16::from_be(tot_len));
     let ip_off = pkt.l4_off + ICMP_HLEN;
+    if ip_off + size_of::<Ipv4Hdr>() > end {
+        return Err(Skip::Malformed);
+    }
     let ip: Ipv4Hdr = ctx.load(ip_off).map_err(|_| Skip::Malformed)?;
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < 20 {
         return Err(Skip::Malformed);
     }
     let l4_off = ip_off + ihl;
+    if l4_off + 4 > end {
+        return Err(Skip::Malformed);
+    }
     let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
-    let (sport, dport) = match ip.protocol {
-        proto::TCP | proto::UDP => (ports[0], ports[1]),
+    let (sport, dport, echo_request) = match ip.protocol {
+        proto::TCP | proto::UDP => (ports[0], ports[1], false),
         proto::ICMP => {
             let hdr: [u8; 2] = ctx.load(l4_off).map_err(|_| Skip::Malformed)?;
-            if hdr[0] != ICMP_ECHO {
-                return Err(Skip::NotOurs);
+            if l4_off + ICMP_ID_OFF + 2 > end {
+                return Err(Skip::Malformed);
             }
             let id: u16 = ctx
                 .load(l4_off + ICMP_ID_OFF)
                 .map_err(|_| Skip::Malformed)?;
-            (id, 0)
+            match hdr[0] {
+                ICMP_ECHO => (id, 0, true),
+                ICMP_ECHO_REPLY => (0, id, false),
+                _ => return Err(Skip::NotOurs),
+            }
         }
         _ => return Err(Skip::NotOurs),
     };
     Ok(Inner {
         ip_off,
         l4_off,
+        end,
         proto: ip.protocol,
+        echo_request,
         saddr: ip.saddr,
         daddr: ip.daddr,
         sport,
@@ -190,7 +244,8 @@ fn store16(ctx: &TcContext, off: usize, v: u16) -> Result<(), DropReason> {
 }
 
 /// One end of the quoted packet becomes `ip:port` (network order), every checksum that covers
-/// it kept valid. An echo's "port" is its identifier, on the source end only.
+/// it kept valid. An echo's "port" is its identifier, on the requester's end only (the other
+/// end's is 0 and stays so: an unchanged port is not written).
 #[inline(always)]
 fn inner_rewrite(
     ctx: &TcContext,
@@ -233,9 +288,16 @@ fn inner_rewrite(
             false,
         ),
     };
-    store16(ctx, port_off, new_port)?;
-    icmp = csum::update16(icmp, old_port, new_port);
-    if let Ok(l4) = ctx.load::<u16>(l4_csum_off).map(u16::from_be) {
+    if old_port != new_port {
+        store16(ctx, port_off, new_port)?;
+        icmp = csum::update16(icmp, old_port, new_port);
+    }
+    let quoted_csum = if l4_csum_off + 2 <= inner.end {
+        ctx.load::<u16>(l4_csum_off).map(u16::from_be).ok()
+    } else {
+        None
+    };
+    if let Some(l4) = quoted_csum {
         // UDP: zero means "no checksum" and stays so.
         if !(inner.proto == proto::UDP && l4 == 0) {
             let mut new_l4 = csum::update16(l4, old_port, new_port);

@@ -43,6 +43,21 @@ fn rewrite(
     ip: u32,
     port: u16,
 ) -> Result<(), DropReason> {
+    rewrite_headers(ctx, pkt, end, ip, port, true)
+}
+
+/// `rewrite`, with the L4 header (`l4`) or, for a datagram's later fragment, without: it has
+/// none, and the first fragment carries the ports and the checksum, which covers the whole
+/// datagram. `l4` is a constant at every call, so each inlined copy has one of the two shapes.
+#[inline(always)]
+fn rewrite_headers(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    end: End,
+    ip: u32,
+    port: u16,
+    l4: bool,
+) -> Result<(), DropReason> {
     let icmp = pkt.is_icmp();
     let (mut port_off, old_ip, old_port) = match end {
         End::Src => (pkt.l4_off + L4_SPORT_OFF, pkt.saddr, pkt.sport),
@@ -58,7 +73,7 @@ fn rewrite(
         0
     };
     if old_ip != ip {
-        if !icmp {
+        if !icmp && l4 {
             ctx.l4_csum_replace(
                 csum_off,
                 u64::from(old_ip),
@@ -79,7 +94,7 @@ fn rewrite(
         let block: [u8; 10] = [c[0], c[1], s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]];
         packet::write(ctx, IP_CSUM_OFF, &block)?;
     }
-    if old_port != port {
+    if old_port != port && l4 {
         ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled0 | 2)
             .map_err(|_| DropReason::CsumFailed)?;
         packet::write(ctx, port_off, &port)?;
@@ -114,6 +129,28 @@ pub fn apply(ctx: &TcContext, pkt: &mut Packet, e: &Xlate) -> Result<(), DropRea
         }
         if e.flags & CT_SNAT != 0 {
             snat::snat(ctx, pkt, e.nat_saddr, e.nat_sport)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a datagram's later fragment as its flow's entry says: the addresses only (see
+/// `rewrite_headers`).
+#[inline(always)]
+pub fn apply_fragment(ctx: &TcContext, pkt: &mut Packet, e: &Xlate) -> Result<(), DropReason> {
+    if e.flags & CT_REPLY != 0 {
+        if e.flags & CT_SNAT != 0 {
+            rewrite_headers(ctx, pkt, End::Src, e.nat_saddr, e.nat_sport, false)?;
+        }
+        if e.flags & CT_DNAT != 0 {
+            rewrite_headers(ctx, pkt, End::Dst, e.nat_daddr, e.nat_dport, false)?;
+        }
+    } else {
+        if e.flags & CT_DNAT != 0 {
+            rewrite_headers(ctx, pkt, End::Dst, e.nat_daddr, e.nat_dport, false)?;
+        }
+        if e.flags & CT_SNAT != 0 {
+            rewrite_headers(ctx, pkt, End::Src, e.nat_saddr, e.nat_sport, false)?;
         }
     }
     Ok(())

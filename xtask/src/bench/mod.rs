@@ -12,6 +12,7 @@
 //!
 //! See docs/benchmarks.md for the workloads and the latest numbers.
 
+pub mod cni;
 mod report;
 // Also the soak's sandbox (`soak.rs`).
 pub(crate) mod sandbox;

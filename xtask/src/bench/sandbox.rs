@@ -269,6 +269,16 @@ impl Sandbox {
 
     /// A sandbox whose names carry `suffix` too (a second one of the same mode).
     pub fn named(mode: Mode, tollgate: &Path, suffix: &str) -> Result<Self> {
+        Self::create(mode, tollgate, suffix, true)
+    }
+
+    /// The node and client namespaces with the uplink and, in the `tollgate` mode, the daemon,
+    /// but no container and no servers (`bench cni` makes its containers with podman).
+    pub fn bare(mode: Mode, tollgate: &Path, suffix: &str) -> Result<Self> {
+        Self::create(mode, tollgate, suffix, false)
+    }
+
+    fn create(mode: Mode, tollgate: &Path, suffix: &str, container: bool) -> Result<Self> {
         let pid = std::process::id();
         let tag = format!("tgb{pid}{}{suffix}", mode.short());
         let dir = crate::repo_root()
@@ -294,8 +304,18 @@ impl Sandbox {
             daemon: None,
             extra: 0,
         };
-        sb.build()
-            .with_context(|| format!("building the {} sandbox", mode.name()))?;
+        let built = if container {
+            sb.build()
+        } else {
+            sb.build_node().and_then(|()| {
+                if mode == Mode::Tollgate {
+                    sb.start_daemon()
+                } else {
+                    Ok(())
+                }
+            })
+        };
+        built.with_context(|| format!("building the {} sandbox", mode.name()))?;
         Ok(sb)
     }
 
@@ -372,7 +392,8 @@ impl Sandbox {
         Ok(())
     }
 
-    fn build(&mut self) -> Result<()> {
+    /// The node and client namespaces, the uplink between them, the sysctls.
+    fn build_node(&mut self) -> Result<()> {
         let (n, c) = (self.node.clone(), self.client.clone());
         self.add_netns(&n)?;
         self.add_netns(&c)?;
@@ -416,7 +437,12 @@ impl Sandbox {
             sysctl(ns, "net.ipv4.ip_local_port_range", "32768 65000")?;
             sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")?;
         }
+        Ok(())
+    }
 
+    fn build(&mut self) -> Result<()> {
+        self.build_node()?;
+        let n = self.node.clone();
         if self.mode == Mode::Tollgate {
             self.add_tollgate_container()?;
         } else {
