@@ -11,6 +11,7 @@
 //! - **How many**: at most `max_connections` are open; one more evicts the oldest idle one
 //!   (no request being served), or, when every one is busy, is answered 503 and closed. Each
 //!   costs an fd, and a daemon out of fds can neither accept its CLI nor open a namespace.
+//!   While evicted ones are still closing, at most half as many again, accepting waits.
 //! - **Errors are JSON** (`{"message": ...}`), also the router's own (405, a bad path) and
 //!   the ones above. Only a request hyper cannot parse at all (not HTTP, a head over ~400 KB)
 //!   gets hyper's bare 400/431 before the connection closes.
@@ -79,11 +80,13 @@ impl Default for Limits {
 
 impl Limits {
     /// The defaults, with no more connections than `nofile` fds can carry: each is an fd and
-    /// may hold a few received ones (`fdpass`), and the daemon needs some for itself.
+    /// may hold a few received ones (`fdpass`), evicted ones may take a moment to close (up
+    /// to half as many again), and the daemon needs some fds for itself.
     pub fn for_nofile(nofile: u64) -> Self {
         let d = Self::default();
         let per_conn = 1 + crate::api::fdpass::MAX_FDS as u64;
-        let fit = usize::try_from(nofile.saturating_sub(256) / per_conn).unwrap_or(usize::MAX);
+        let fit =
+            usize::try_from(nofile.saturating_sub(256) / per_conn * 2 / 3).unwrap_or(usize::MAX);
         Self {
             max_connections: d.max_connections.min(fit).max(16),
             ..d
@@ -224,6 +227,14 @@ impl Conns {
         Some(conn)
     }
 
+    /// Open connections, the evicted ones still closing included.
+    fn len(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     fn forget(&self, id: u64) {
         self.live
             .lock()
@@ -252,6 +263,12 @@ impl axum::serve::Listener for FdListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
+            // Evicted connections close when their task next runs; on a busy machine they
+            // could pile up faster than that. Accepting waits for them (new clients queue in
+            // the socket's backlog), so the fds of connections stay bounded.
+            while self.conns.len() >= self.conns.limits.max_connections * 3 / 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let Some(conn) = self.conns.admit() else {
@@ -741,6 +758,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn connections_fit_the_fd_limit() {
+        assert_eq!(Limits::for_nofile(524_288).max_connections, 512);
+        // systemd's soft limit: 102 connections of 5 fds, half as many again closing, 256 spare.
+        let l = Limits::for_nofile(1024);
+        assert_eq!(l.max_connections, 102);
+        assert!(l.max_connections * 3 / 2 * 5 + 256 <= 1024);
+        assert_eq!(Limits::for_nofile(100).max_connections, 16);
     }
 
     #[test]
