@@ -16,7 +16,15 @@ const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 /// The reserved ports of namespace `ns` (the sysctl's comma-separated ports and ranges).
 fn reserved(ns: &str) -> BTreeSet<u16> {
-    let s = in_ns(ns, || Ok(std::fs::read_to_string(RESERVED)?)).unwrap();
+    // One read from offset 0: the kernel answers a later offset with end-of-file, and
+    // `read_to_string` starts with a 32-byte probe.
+    let s = in_ns(ns, || {
+        let mut f = std::fs::File::open(RESERVED)?;
+        let mut buf = vec![0u8; 512 << 10];
+        let n = std::io::Read::read(&mut f, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    })
+    .unwrap();
     let mut out = BTreeSet::new();
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
         let (lo, hi) = part.split_once('-').unwrap_or((part, part));
@@ -157,4 +165,37 @@ fn published_ports_are_never_a_node_connections_source_port() {
         root_before,
         "the root namespace's sysctl is never touched"
     );
+}
+
+/// A list longer than 32 bytes (the first read `read_to_string` makes) is read whole: with 20
+/// published ports, unpublishing half of them and a restart leave exactly the other half and
+/// the user's own port reserved.
+#[test]
+fn a_long_list_is_read_and_kept_whole() {
+    let mut sb = sandbox!("resv-long");
+    let node = sb.node.clone();
+    in_ns(&node, || {
+        std::fs::write(RESERVED, "9999\n")?;
+        Ok(())
+    })
+    .unwrap();
+    let (web, _, _) = sb.container("web");
+    let ports: Vec<u16> = (0..20).map(|i| 30000 + 3 * i).collect();
+    let specs: Vec<String> = ports.iter().map(|p| format!("{p}:80")).collect();
+    let mut args = vec!["port", "add", web.as_str()];
+    args.extend(specs.iter().map(String::as_str));
+    sb.ok(&args);
+    let mut want: BTreeSet<u16> = ports.iter().copied().chain([9999]).collect();
+    assert_eq!(reserved(&node), want);
+    let gone: Vec<String> = ports[..10].iter().map(ToString::to_string).collect();
+    let mut args = vec!["port", "del", web.as_str()];
+    args.extend(gone.iter().map(String::as_str));
+    sb.ok(&args);
+    for p in &ports[..10] {
+        want.remove(p);
+    }
+    assert_eq!(reserved(&node), want, "after unpublishing half");
+    sb.kill_daemon();
+    sb.start_daemon().unwrap();
+    assert_eq!(reserved(&node), want, "after a restart");
 }

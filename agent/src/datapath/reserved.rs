@@ -86,9 +86,22 @@ pub fn plan(
     (sysctl, new_ours)
 }
 
+/// The longest the sysctl can read: every other port of 65,536, about 6 bytes each.
+const SYSCTL_MAX: usize = 512 << 10;
+
+/// Reads the sysctl in one `read` from offset 0: the kernel (`proc_do_large_bitmap`) answers
+/// a read at any later offset with end-of-file, and `read_to_string` begins with a 32-byte
+/// probe, so it saw "30000,30003-30004,30006-30009,30" of a longer list: a bogus port 30
+/// taken for the user's and kept reserved, or "bad range" and no update at all.
 fn read_sysctl() -> Result<BTreeSet<u16>> {
-    let s = std::fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?;
-    parse(&s).with_context(|| format!("parsing {SYSCTL}"))
+    use std::io::Read;
+    let mut f = std::fs::File::open(SYSCTL).with_context(|| format!("opening {SYSCTL}"))?;
+    let mut buf = vec![0u8; SYSCTL_MAX];
+    let n = f
+        .read(&mut buf)
+        .with_context(|| format!("reading {SYSCTL}"))?;
+    let s = std::str::from_utf8(&buf[..n]).with_context(|| format!("reading {SYSCTL}"))?;
+    parse(s).with_context(|| format!("parsing {SYSCTL}"))
 }
 
 fn write_sysctl(ports: &BTreeSet<u16>) -> Result<()> {
