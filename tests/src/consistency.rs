@@ -1,7 +1,8 @@
 //! Whether a daemon's datapath holds exactly what its state says: the state as the CLI shows
 //! it (`container list`, `port list`, `policy list`, `limit show`) against the pinned maps
-//! read with aya, the veths of the node namespace, the programs attached to them and the
-//! pins of their links. Every difference is reported, not just the first.
+//! read with aya, the veths of the node namespace, the programs attached to them, the pins of
+//! their links, the containers' namespaces and the node's reserved ports. Every difference is
+//! reported, not just the first.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -343,6 +344,34 @@ pub fn datapath_agrees(d: &Daemon, shown: &Shown, netns_prefix: &str) -> Result<
         "TG_PORT_GUARD",
         &format!("{want_guards:?}"),
         &format!("{got_guards:?}"),
+    );
+
+    // Published ports are kept out of the node's ephemeral range (the sandbox's node
+    // namespace has no reserved ports of its own).
+    let reserved = in_ns(&node, || {
+        // One read from offset 0: the kernel answers nothing at a later offset, and
+        // `read_to_string` would start with a 32-byte probe.
+        let mut f = std::fs::File::open("/proc/sys/net/ipv4/ip_local_reserved_ports")?;
+        let mut buf = vec![0u8; 512 << 10];
+        let n = std::io::Read::read(&mut f, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    })?;
+    let got_reserved: BTreeSet<u16> = reserved
+        .trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| {
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            let (lo, hi): (u16, u16) = (lo.parse().unwrap_or(0), hi.parse().unwrap_or(0));
+            lo..=hi
+        })
+        .collect();
+    let want_reserved: BTreeSet<u16> = shown.ports.iter().map(|m| m.host_port).collect();
+    diff(
+        &mut bad,
+        "ip_local_reserved_ports of the node namespace",
+        &format!("{want_reserved:?}"),
+        &format!("{got_reserved:?}"),
     );
 
     // Links, policy chains, rate limits.
