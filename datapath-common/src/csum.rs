@@ -32,6 +32,13 @@ pub const fn update32(csum: u16, old: u32, new: u32) -> u16 {
     update16(c, old as u16, new as u16)
 }
 
+/// `a - b` in 32-bit one's-complement arithmetic (the kernel's `csum_sub`): the change of a
+/// byte sum when the 32-bit word `a` becomes `b`, as `bpf_csum_update` takes it.
+pub const fn sub32(a: u32, b: u32) -> u32 {
+    let s = a as u64 + (!b) as u64;
+    (s as u32).wrapping_add((s >> 32) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod csum;
 pub mod drop;
 pub mod endpoint;
 pub mod frag;
+pub mod kfunc;
 pub mod maps;
 pub mod overlay;
 pub mod portmap;

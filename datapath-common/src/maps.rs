@@ -41,6 +41,11 @@ pub const REMOTES: &str = "TG_REMOTES";
 /// First fragments' ports by datagram: `frag::FragKey` -> `frag::FragPorts`, LRU. The TC hooks
 /// write it on a first fragment and read it on the datagram's later ones.
 pub const FRAGS: &str = "TG_FRAGS";
+/// Programs the TC hooks tail-call into, by `PROG_SLOT_*`. The agent fills it after loading.
+pub const PROGS: &str = "TG_PROGS";
+/// `TG_PROGS` slot of `from_container_new`: a container's packet without a live flow. Its own
+/// program so that each has the verifier's whole instruction budget (their sum exceeds it).
+pub const PROG_SLOT_CONTAINER_NEW: u32 = 0;
 
 pub const PORTMAP_MAX: u32 = 131_072;
 pub const LOCAL_ADDRS_MAX: u32 = 4_096;
@@ -51,6 +56,7 @@ pub const LINKS_MAX: u32 = 65_536;
 pub const POLICY_MAX: u32 = 65_536;
 pub const REMOTES_MAX: u32 = 16_384;
 pub const FRAGS_MAX: u32 = 8_192;
+pub const PROGS_MAX: u32 = 4;
 
 /// Every map the datapath pins, so the agent can pin, reopen and remove them by name.
 pub const ALL: &[&str] = &[
@@ -71,4 +77,5 @@ pub const ALL: &[&str] = &[
     CT_SCRATCH,
     REMOTES,
     FRAGS,
+    PROGS,
 ];

@@ -420,6 +420,30 @@ pub fn create(key: &CtKey, e: &CtEntry) -> Result<(*mut CtEntry, *mut CtEntry), 
     Ok((this, other))
 }
 
+/// Inserts both halves of a new flow whose packet is already handled: `e` (this CPU's
+/// scratch slot `HALF`) was accounted for it and given its next hop before, so neither half
+/// needs looking up again afterwards (two lookups of a new flow's cost). A reply tuple held by
+/// a live entry of the same translation is kept (`ensure_new`) and touched as `touch` would.
+#[inline(always)]
+pub fn insert_new(key: &CtKey, e: &CtEntry) -> Result<(), DropReason> {
+    put(key, e)?;
+    let (rkey, r) = reverse(key, e)?;
+    // SAFETY: `r` is this CPU's scratch slot, just built.
+    let r = unsafe { &*r };
+    if TG_CT.insert(rkey, r, u64::from(BPF_NOEXIST)).is_ok() {
+        verdict::count(CNT_CT_CREATED);
+        return Ok(());
+    }
+    let other = ensure_new(&rkey, r)?;
+    // What `touch` does to a kept other half: the shared idle clock, and a FIN/RST's mark.
+    // SAFETY: `other` came from a lookup in this program run.
+    unsafe {
+        (*other).last_seen_ns = e.last_seen_ns;
+        (*other).flags |= e.flags & CT_CLOSING;
+    }
+    Ok(())
+}
+
 /// Both halves of an untranslated (plain tracked) flow owned by container `endpoint_id`.
 #[inline(always)]
 pub fn create_plain(

@@ -52,6 +52,8 @@ mod ratelimit;
 #[cfg(target_arch = "bpf")]
 mod redirect;
 #[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(not(target_arch = "bpf"))]

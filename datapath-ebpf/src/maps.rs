@@ -3,7 +3,7 @@
 //! reopens them by that name). Sizes are defaults; the agent may override `max_entries` at load.
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use datapath_common::{
@@ -13,7 +13,7 @@ use datapath_common::{
     frag::{FragKey, FragPorts},
     maps::{
         CONNTRACK_MAX_DEFAULT, ENDPOINTS_MAX, FRAGS_MAX, LINKS_MAX, LOCAL_ADDRS_MAX, POLICY_MAX,
-        PORTMAP_MAX, REMOTES_MAX, SOCK_REVNAT_MAX,
+        PORTMAP_MAX, PROGS_MAX, REMOTES_MAX, SOCK_REVNAT_MAX,
     },
     overlay::Remote,
     portmap::{PortKey, PortValue},
@@ -112,3 +112,8 @@ pub static TG_REMOTES: LpmTrie<u32, Remote, { REMOTES_MAX as usize }> = LpmTrie:
 /// on the later ones (`packet::Packet::parse`); LRU, so entries of finished datagrams age out.
 #[btf_map]
 pub static TG_FRAGS: LruHashMap<FragKey, FragPorts, { FRAGS_MAX as usize }> = LruHashMap::new();
+
+/// Tail-call targets by `maps::PROG_SLOT_*`. The agent fills it with the pinned programs;
+/// `from_container` jumps through it.
+#[btf_map]
+pub static TG_PROGS: ProgramArray<{ PROGS_MAX as usize }> = ProgramArray::new();

@@ -197,19 +197,29 @@ pub fn into_container(
     if pkt.ttl <= 1 {
         return forward(ctx, pkt, None, now);
     }
-    if let Some((ifindex, macs)) = cached_hop(e, now) {
-        // SAFETY: `e` came from a conntrack lookup in this program run; one field read.
-        let owner = unsafe { (*e).endpoint_id };
-        return deliver(ctx, pkt, owner, ifindex, &macs);
+    if cached_hop(e, now).is_none() {
+        learn_hop(ctx, pkt, e, now);
     }
+    let Some((ifindex, macs)) = cached_hop(e, now) else {
+        return forward(ctx, pkt, None, now);
+    };
+    // SAFETY: `e` came from a conntrack lookup in this program run (or is a new flow's
+    // scratch slot); one field read.
+    let owner = unsafe { (*e).endpoint_id };
+    deliver(ctx, pkt, owner, ifindex, &macs)
+}
+
+/// Caches in flow half `e` the way into the container the packet (already translated) is
+/// for: its veth and MACs, from `TG_EP_L2` or the FIB (route to the container's veth,
+/// neighbour resolved). Nothing when there is no such way (`into_container` then forwards).
+#[inline(always)]
+pub fn learn_hop(ctx: &TcContext, pkt: &Packet, e: *mut CtEntry, now: u64) {
     let Some(ep) = lookup::endpoint(pkt.daddr) else {
-        return forward(ctx, pkt, None, now);
+        return;
     };
-    let Some(macs) = cached_l2(&ep, now).or_else(|| fib_l2(ctx, pkt, &ep, now)) else {
-        return forward(ctx, pkt, None, now);
-    };
-    remember_hop(e, ep.host_ifindex, &macs, now);
-    deliver(ctx, pkt, ep.id, ep.host_ifindex, &macs)
+    if let Some(macs) = cached_l2(&ep, now).or_else(|| fib_l2(ctx, pkt, &ep, now)) {
+        remember_hop(e, ep.host_ifindex, &macs, now);
+    }
 }
 
 /// The fast path's last steps for container `id` behind host veth `host_ifindex`: its rx

@@ -12,7 +12,7 @@ use prog_harness::*;
 fn fast_path_macs_follow_the_neighbour_table() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
     enter_test_netns()?;
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     fill_maps(&mut bpf)?;
     config(&mut bpf)?;
     load_classifier(&mut bpf, "from_uplink")?;
@@ -73,13 +73,18 @@ fn per_packet_cost() -> anyhow::Result<()> {
     }
     // Loaded as the daemon loads it: with the programs' debug logs switched off (the agent's
     // loader does the same unless the daemon itself logs at debug level).
-    let mut bpf = EbpfLoader::new()
+    let mut bpf = prog_harness::loader()
         .override_global("AYA_LOG_LEVEL", &3u8, false)
         .load(&obj)?;
     fill_maps(&mut bpf)?;
     config(&mut bpf)?;
     load_classifier(&mut bpf, "from_uplink")?;
     load_classifier(&mut bpf, "from_container")?;
+    for prog in ["from_uplink", "from_container", "from_container_new"] {
+        let p: &SchedClassifier = bpf.program(prog).unwrap().try_into()?;
+        let n = p.info().ok().and_then(|i| i.verified_instruction_count());
+        println!("per-packet: {prog} verified in {n:?} instructions");
+    }
     let mean_ns = |prog: &str, dev: &str, frame: &dyn Fn(u32) -> Vec<u8>| -> anyhow::Result<f64> {
         let p: &SchedClassifier = bpf.program(prog).unwrap().try_into()?;
         let mut ctx = [0u8; 44];

@@ -31,7 +31,7 @@ fn ip_rewritten(frame: &[u8], dst: Option<[u8; 4]>, src: Option<[u8; 4]>, hops: 
 fn later_fragments_follow_their_first() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
     enter_test_netns()?;
-    let mut bpf = aya::Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     fill_maps(&mut bpf)?;
     load_classifier(&mut bpf, "from_uplink")?;
     load_classifier(&mut bpf, "from_container")?;

@@ -20,7 +20,7 @@ use prog_harness::*;
 fn setup() -> anyhow::Result<Option<Ebpf>> {
     let Some(obj) = object() else { return Ok(None) };
     enter_test_netns()?;
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     fill_maps(&mut bpf)?;
     config(&mut bpf)?;
     let mut cfg: aya::maps::Array<&mut MapData, Config> =

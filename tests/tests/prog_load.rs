@@ -8,7 +8,7 @@ use prog_harness::*;
 #[test]
 fn verifier_accepts_every_program() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     for name in maps::ALL {
         assert!(
             bpf.map(name).is_some(),
@@ -46,9 +46,9 @@ fn conntrack_size_is_set_at_load() -> anyhow::Result<()> {
             _ => anyhow::bail!("{} is not an LRU hash map", maps::CONNTRACK),
         }
     };
-    let bpf = Ebpf::load(&obj)?;
+    let bpf = prog_harness::load(&obj)?;
     assert_eq!(max_entries(&bpf)?, maps::CONNTRACK_MAX_DEFAULT);
-    let bpf = EbpfLoader::new()
+    let bpf = prog_harness::loader()
         .map_max_entries(maps::CONNTRACK, 4096)
         .load(&obj)?;
     assert_eq!(max_entries(&bpf)?, 4096);

@@ -21,7 +21,7 @@ use prog_harness::*;
 fn masquerade_and_filter_table() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
     enter_test_netns()?;
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     fill_maps(&mut bpf)?;
     config(&mut bpf)?;
     for p in ["from_uplink", "from_container", "to_container"] {

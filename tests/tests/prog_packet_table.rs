@@ -353,7 +353,7 @@ fn cases() -> Vec<Case> {
 fn packet_table() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
     enter_test_netns()?;
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     fill_maps(&mut bpf)?;
     load_classifier(&mut bpf, "from_uplink")?;
     load_classifier(&mut bpf, "from_container")?;

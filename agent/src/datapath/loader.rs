@@ -16,15 +16,16 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
+    maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier},
     EbpfLoader,
 };
-use datapath_common::maps as names;
+use datapath_common::{kfunc, maps as names};
 use tracing::{debug, info};
 
 use super::{
-    maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_OVERLAY, PROG_FROM_UPLINK,
-    PROG_TO_CONTAINER, SOCK_PROGS,
+    maps::Maps, OBJECT, PROG_FROM_CONTAINER, PROG_FROM_CONTAINER_NEW, PROG_FROM_OVERLAY,
+    PROG_FROM_UPLINK, PROG_TO_CONTAINER, SOCK_PROGS,
 };
 
 pub struct Loaded {
@@ -111,6 +112,20 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
         3
     };
     loader.override_global("AYA_LOG_LEVEL", &ebpf_log_level, false);
+    // The programs' kfunc calls, resolved against the running kernel (`kfunc`).
+    let patched = kfunc::patch(OBJECT)
+        .map_err(|e| anyhow!("preparing the eBPF object for this kernel: {e}"))?;
+    loader
+        .override_global(
+            kfunc::GLOBAL_IP_SUMMED_OFF,
+            &patched.layout.ip_summed_off,
+            true,
+        )
+        .override_global(
+            kfunc::GLOBAL_IP_SUMMED_SHIFT,
+            &patched.layout.ip_summed_shift,
+            true,
+        );
     let map_paths: Vec<(&str, PathBuf)> = names::ALL
         .iter()
         .chain(std::iter::once(&"AYA_LOGS"))
@@ -122,7 +137,9 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     loader.map_max_entries(names::CONNTRACK, ct_max);
     // Pinned maps of an older layout move aside; the load below creates them anew.
     let migrations = super::migrate::set_aside(pins, OBJECT, names::ALL)?;
-    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = loader
+        .load(&patched.object)
+        .context("loading the eBPF object")?;
     for m in &migrations {
         m.copy(pins, false)?;
     }
@@ -132,7 +149,9 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     let upgrade = !stamp.exists();
 
     let mut tc = BTreeMap::new();
+    // The tail-call targets first: `from_container` jumps into them from its first packet.
     for name in [
+        PROG_FROM_CONTAINER_NEW,
         PROG_FROM_UPLINK,
         PROG_FROM_CONTAINER,
         PROG_TO_CONTAINER,
@@ -149,6 +168,7 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
             prog.with_context(|| format!("opening {}", pin.display()))?,
         );
     }
+    fill_tail_calls(&mut ebpf, &tc)?;
     let mut sock = BTreeMap::new();
     for (name, at) in SOCK_PROGS {
         let pin = ensure_pinned(&mut ebpf, pins, name, upgrade, |p| {
@@ -179,6 +199,25 @@ pub fn load(pins: &Pins, ct_max: u32) -> Result<Loaded> {
     // The object's own (unpinned) program handles go; the pinned ones stay loaded.
     drop(ebpf);
     Ok(Loaded { maps, tc, sock })
+}
+
+/// Puts the (pinned) tail-call targets in `TG_PROGS`, whose pin keeps them there while no
+/// daemon runs. Done at every start: after an upgrade the slots get the new programs before
+/// the links switch to the new `from_container`.
+fn fill_tail_calls(
+    ebpf: &mut aya::Ebpf,
+    tc: &BTreeMap<&'static str, SchedClassifier>,
+) -> Result<()> {
+    let mut slots = ProgramArray::try_from(
+        ebpf.map_mut(names::PROGS)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::PROGS))?,
+    )?;
+    let prog = tc
+        .get(PROG_FROM_CONTAINER_NEW)
+        .ok_or_else(|| anyhow!("program {PROG_FROM_CONTAINER_NEW} not loaded"))?;
+    slots
+        .set(names::PROG_SLOT_CONTAINER_NEW, prog.fd()?, 0)
+        .with_context(|| format!("putting {PROG_FROM_CONTAINER_NEW} in {}", names::PROGS))
 }
 
 /// Loads program `name` of the object (through `load`, which knows its type) and pins it,

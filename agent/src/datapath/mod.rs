@@ -122,6 +122,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// TC programs, by name in the object.
 pub const PROG_FROM_UPLINK: &str = "from_uplink";
 pub const PROG_FROM_CONTAINER: &str = "from_container";
+/// `from_container`'s packets without a live flow, tail-called through `TG_PROGS` (never
+/// attached).
+pub const PROG_FROM_CONTAINER_NEW: &str = "from_container_new";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 /// On the overlay's VXLAN device (cluster mode).
 pub const PROG_FROM_OVERLAY: &str = "from_overlay";

@@ -42,22 +42,22 @@
 //! any-protocol rules, and no port), and passes untouched or is dropped.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use aya_log_ebpf::debug;
 use datapath_common::{
     config::Config,
-    conntrack::{CtEntry, CtKey, CT_HAIRPIN},
+    conntrack::CtEntry,
     drop::DropReason,
     endpoint::Endpoint,
+    maps::PROG_SLOT_CONTAINER_NEW,
     overlay::Remote,
-    portmap::PortValue,
-    stats::{CNT_DNAT_HAIRPIN, CNT_REVNAT, CNT_SNAT, CNT_SNAT_FLOWS},
+    stats::{CNT_DNAT_HAIRPIN, CNT_REVNAT, CNT_SNAT},
 };
 
 use crate::{
     config,
-    conntrack::{self, Ct, Flow, Half, Hit, Kind},
+    conntrack::{self, Ct, Flow, Half, Kind},
     lookup,
-    nat::{self, dnat, icmp, snat},
+    maps::TG_PROGS,
+    nat::{self, icmp},
     overlay,
     packet::{self, Packet},
     policy,
@@ -134,17 +134,44 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
         {
             return Err(Skip::NotOurs.into());
         }
-        _ => {
-            let (e, other, counter) = new_flow(ctx, &pkt, &key, ep, cfg, now)?;
-            (Flow::of(e), other, counter)
-        }
+        // No live flow: judged and created by `from_container_new`, a program of its own.
+        _ => return Err(new_flow_elsewhere(ctx)),
     };
+    finish(ctx, &mut pkt, f, other, counter.unwrap_or(NO_COUNTER), now)
+}
+
+/// `finish`'s counter of a flow that counts none. (A plain integer, not an `Option`: a `None`
+/// leaves the payload undefined, and LLVM may spill that uninitialized register, which the
+/// verifier refuses.)
+pub(super) const NO_COUNTER: u32 = u32::MAX;
+
+/// Hands a packet without a live flow to `from_container_new` (tail call: this program ends
+/// there). Only if the slot is empty (the agent fills it before attaching this program) does
+/// it come back, and the packet is dropped: its flow cannot be created.
+#[inline(always)]
+fn new_flow_elsewhere(ctx: &TcContext) -> Stop {
+    // SAFETY: a tail call with this program's own context.
+    unsafe { TG_PROGS.tail_call(ctx, PROG_SLOT_CONTAINER_NEW) };
+    DropReason::ConntrackFailed.into()
+}
+
+/// What both programs do with a packet of a flow they hit or created: rewrite it as its half
+/// says, account it, and send it on.
+#[inline(always)]
+pub(super) fn finish(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    f: Flow,
+    other: Option<*mut CtEntry>,
+    counter: u32,
+    now: u64,
+) -> Result<i32, Stop> {
     let e = f.entry;
     let entry = conntrack::xlate(e);
-    nat::apply(ctx, &mut pkt, &entry)?;
-    conntrack::touch(e, other, &pkt, ctx.len(), now);
-    if let Some(c) = counter {
-        verdict::count(c);
+    nat::apply(ctx, pkt, &entry, nat::Checksum::Call)?;
+    conntrack::touch(e, other, pkt, ctx.len(), now);
+    if counter != NO_COUNTER {
+        verdict::count(counter);
     }
     if entry.redirect_ifindex != 0 {
         return Ok(redirect::back_to_container(ctx, entry.redirect_ifindex)?);
@@ -157,14 +184,14 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Stop> {
     );
     if node_source {
         // Its source is now a node address: the stack would drop it as a martian.
-        return Ok(redirect::forward(ctx, &pkt, Some(e), now)?);
+        return Ok(redirect::forward(ctx, pkt, Some(e), now)?);
     }
     Ok(TC_ACT_OK)
 }
 
 /// The container registered for the veth the packet arrived on.
 #[inline(always)]
-fn endpoint_of(ctx: &TcContext) -> Option<Endpoint> {
+pub(super) fn endpoint_of(ctx: &TcContext) -> Option<Endpoint> {
     lookup::endpoint_by_ifindex(ifindex(ctx))
 }
 
@@ -177,56 +204,6 @@ fn hit_counter(f: &Flow) -> Option<u32> {
         (Kind::Masq, Half::Original) => Some(CNT_SNAT),
         _ => None,
     }
-}
-
-/// A packet with no live conntrack entry: judges it and creates the flow's halves.
-#[inline(always)]
-fn new_flow(
-    ctx: &TcContext,
-    pkt: &Packet,
-    key: &CtKey,
-    ep: &Endpoint,
-    cfg: &Config,
-    now: u64,
-) -> Result<Hit, Stop> {
-    let peer = lookup::endpoint(pkt.daddr);
-    if !pkt.opens_flow() && !(conntrack::picks_up(pkt) && picked_up_here(pkt, peer.as_ref())) {
-        return Err(unopened(pkt, ep, peer.as_ref(), cfg));
-    }
-    // A published port: allowed whatever ICC says (that is what publishing is for), but the
-    // egress rules still see the address the container asked for.
-    if let Some(pm) = lookup::published(pkt.daddr, pkt.dport, pkt.proto) {
-        policy::egress(ep, pkt.daddr, pkt.proto, pkt.dport)?;
-        let (e, other) = new_hairpin(ctx, pkt, key, &pm, now)?;
-        return Ok((e, Some(other), Some(CNT_DNAT_HAIRPIN)));
-    }
-    policy::new_flow(ep, peer.as_ref(), cfg, pkt.daddr, pkt.proto, pkt.dport)?;
-    if peer.is_none() && snat::masquerades(ctx, pkt, cfg) {
-        let (e, other) = snat::masquerade(key, ep.id, cfg, now)?;
-        verdict::count(CNT_SNAT_FLOWS);
-        // SAFETY: `e` came from a lookup in this run; one field read.
-        let port = unsafe { (*e).nat_sport };
-        debug!(
-            ctx,
-            "masq flow {:i}:{} -> {:i}:{} as :{}",
-            pkt.saddr.to_ne_bytes(),
-            u16::from_be(pkt.sport),
-            pkt.daddr.to_ne_bytes(),
-            u16::from_be(pkt.dport),
-            u16::from_be(port)
-        );
-        return Ok((e, Some(other), Some(CNT_SNAT)));
-    }
-    let (e, other) = conntrack::create_plain(key, ep.id, now)?;
-    debug!(
-        ctx,
-        "flow {:i}:{} -> {:i}:{}",
-        pkt.saddr.to_ne_bytes(),
-        u16::from_be(pkt.sport),
-        pkt.daddr.to_ne_bytes(),
-        u16::from_be(pkt.dport)
-    );
-    Ok((e, Some(other), None))
 }
 
 /// A protocol conntrack does not track (module docs): judged as a new flow every time, by
@@ -320,65 +297,9 @@ fn headless_fragment(daddr: u32) -> Stop {
     }
 }
 
-/// What happens to a packet that may not open a flow and has no entry (module docs).
-#[inline(always)]
-fn unopened(pkt: &Packet, ep: &Endpoint, peer: Option<&Endpoint>, cfg: &Config) -> Stop {
-    if lookup::is_local(pkt.daddr) {
-        return Skip::NotOurs.into();
-    }
-    match peer {
-        Some(peer) => match policy::icc(ep, peer, cfg) {
-            Ok(()) => Skip::NotOurs.into(),
-            Err(r) => r.into(),
-        },
-        None => DropReason::CtInvalid.into(),
-    }
-}
-
-/// Whether a mid-stream TCP segment with no entry (`conntrack::picks_up`) starts a flow here:
-/// towards the outside or a published port, the flows the datapath translates. Towards a node
-/// address or another container it is an answer (`unopened`): tracking it would judge the
-/// container's answers to the node by its egress policy.
-#[inline(always)]
-fn picked_up_here(pkt: &Packet, peer: Option<&Endpoint>) -> bool {
-    peer.is_none()
-        && (!lookup::is_local(pkt.daddr)
-            || lookup::published(pkt.daddr, pkt.dport, pkt.proto).is_some())
-}
-
-/// Creates the conntrack halves of a container's new flow to a published port (hairpin).
-#[inline(always)]
-fn new_hairpin(
-    ctx: &TcContext,
-    pkt: &Packet,
-    key: &CtKey,
-    pm: &PortValue,
-    now: u64,
-) -> Result<(*mut CtEntry, *mut CtEntry), Stop> {
-    // SAFETY: this CPU's scratch slot, just built; only this function uses it until
-    // `create` inserts it.
-    let e = unsafe { &mut *dnat::flow_entry(pm, CT_HAIRPIN, now)? };
-    if pm.container_ip == pkt.saddr {
-        // Calling itself: without the SNAT its reply would be delivered locally inside the
-        // container, to a socket that never sent anything to that address.
-        snat::self_hairpin(e, pkt)?;
-        e.redirect_ifindex = ifindex(ctx);
-    }
-    let ptrs = conntrack::create(key, e)?;
-    debug!(
-        ctx,
-        "hairpin flow {:i}:{} -> {:i}:{}",
-        pkt.saddr.to_ne_bytes(),
-        u16::from_be(pkt.sport),
-        pm.container_ip.to_ne_bytes(),
-        u16::from_be(pm.container_port)
-    );
-    Ok(ptrs)
-}
-
 /// ifindex of the interface the packet arrived on (the caller's host veth).
 #[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
+pub(super) fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the program's context pointer; `ifindex` is readable in TC programs.
     unsafe { (*ctx.skb.skb).ifindex }
 }

@@ -16,7 +16,8 @@
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use datapath_common::{
-    conntrack::CtKey,
+    conntrack::{CtKey, CT_CLOSING},
+    portmap::PortValue,
     stats::{CNT_DNAT_UPLINK, CNT_REVSNAT},
 };
 
@@ -67,10 +68,15 @@ fn try_from_uplink(ctx: &TcContext, owner: &mut u32) -> Result<i32, Stop> {
         Ct::Hit(_) | Ct::Crossed(_) => return Err(Skip::NotOurs.into()),
         // A miss (or a reused tuple) on any packet, not only a SYN: a flow whose entries were
         // lost keeps working, its entries are recreated from the port map.
-        Ct::New | Ct::Reused(_) => new_flow(ctx, &pkt, &key, now, owner)?,
+        Ct::New | Ct::Reused(_) => {
+            if let Some(pm) = lookup::published(pkt.daddr, pkt.dport, pkt.proto) {
+                return new_port_flow(ctx, &mut pkt, &key, &pm, now, owner);
+            }
+            routed(ctx, &pkt, &key, now, owner)?
+        }
     };
     let entry = conntrack::xlate(e);
-    nat::apply(ctx, &mut pkt, &entry)?;
+    nat::apply(ctx, &mut pkt, &entry, nat::Checksum::Inline)?;
     conntrack::touch(e, other, &pkt, ctx.len(), now);
     if let Some(c) = counter {
         verdict::count(c);
@@ -132,31 +138,47 @@ fn hit_counter(f: &Flow) -> Option<u32> {
     }
 }
 
-/// Creates both conntrack halves of a new inbound flow, or `NotOurs`.
+/// A new flow to published port `pm`: its original half is built, the packet translated,
+/// accounted and sent on as an established one would be, with the next hop cached in the
+/// half; only then are both halves inserted, so neither is looked up again.
 #[inline(always)]
-fn new_flow(
+fn new_port_flow(
     ctx: &TcContext,
-    pkt: &Packet,
+    pkt: &mut Packet,
     key: &CtKey,
+    pm: &PortValue,
     now: u64,
     owner: &mut u32,
-) -> Result<Hit, Stop> {
-    if let Some(pm) = lookup::published(pkt.daddr, pkt.dport, pkt.proto) {
-        *owner = pm.endpoint_id;
-        let e = dnat::flow_entry(&pm, 0, now)?;
-        // SAFETY: this CPU's scratch slot, just built.
-        let (e, other) = conntrack::create(key, unsafe { &*e })?;
-        debug!(
-            ctx,
-            "uplink flow {:i}:{} -> {:i}:{}",
-            pkt.saddr.to_ne_bytes(),
-            u16::from_be(pkt.sport),
-            pm.container_ip.to_ne_bytes(),
-            u16::from_be(pm.container_port)
-        );
-        return Ok((e, Some(other), Some(CNT_DNAT_UPLINK)));
+) -> Result<i32, Stop> {
+    *owner = pm.endpoint_id;
+    let e = dnat::flow_entry(pm, 0, now)?;
+    // SAFETY: this CPU's scratch slot, just built; nothing else here builds it again.
+    unsafe {
+        (*e).packets = 1;
+        (*e).bytes = u64::from(ctx.len());
+        if pkt.closes_flow() {
+            (*e).flags |= CT_CLOSING;
+        }
     }
-    routed(ctx, pkt, key, now, owner)
+    let entry = conntrack::xlate(e);
+    nat::apply(ctx, pkt, &entry, nat::Checksum::Inline)?;
+    verdict::count(CNT_DNAT_UPLINK);
+    if pkt.ttl > 1 {
+        redirect::learn_hop(ctx, pkt, e, now);
+    }
+    // SAFETY: as above; `learn_hop` only cached the next hop in it.
+    conntrack::insert_new(key, unsafe { &*e })?;
+    // The hop cached in the scratch slot: no second lookup.
+    let action = redirect::into_container(ctx, pkt, e, now)?;
+    debug!(
+        ctx,
+        "uplink flow {:i}:{} -> {:i}:{}",
+        key.saddr.to_ne_bytes(),
+        u16::from_be(key.sport),
+        pm.container_ip.to_ne_bytes(),
+        u16::from_be(pm.container_port)
+    );
+    Ok(action)
 }
 
 /// A new flow straight to a container's IP (routed, no NAT): tracked untranslated so the

@@ -2,6 +2,7 @@
 //! `try_*` result to the program's return code.
 
 mod from_container;
+mod from_container_new;
 mod from_overlay;
 mod from_uplink;
 mod sock;

@@ -8,7 +8,7 @@ use datapath_common::{
     portmap::PortValue,
 };
 
-use super::{rewrite, End};
+use super::{rewrite, Checksum, End};
 use crate::conntrack;
 
 /// Original-direction entry of a new flow to published port `pm`, built in this CPU's
@@ -31,8 +31,9 @@ pub fn dnat(
     pkt: &mut crate::packet::Packet,
     ip: u32,
     port: u16,
+    how: Checksum,
 ) -> Result<(), DropReason> {
-    rewrite(ctx, pkt, End::Dst, ip, port)
+    rewrite(ctx, pkt, End::Dst, ip, port, how)
 }
 
 /// Reply direction: the container's source becomes the published address again.
@@ -42,6 +43,7 @@ pub fn rev_dnat(
     pkt: &mut crate::packet::Packet,
     ip: u32,
     port: u16,
+    how: Checksum,
 ) -> Result<(), DropReason> {
-    rewrite(ctx, pkt, End::Src, ip, port)
+    rewrite(ctx, pkt, End::Src, ip, port, how)
 }

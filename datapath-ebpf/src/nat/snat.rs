@@ -10,7 +10,7 @@ use datapath_common::{
     proto,
 };
 
-use super::{rewrite, End};
+use super::{rewrite, Checksum, End};
 use crate::{config, conntrack, lookup, maps::TG_ENDPOINTS, packet::Packet, redirect};
 
 /// Candidate ports tried per new flow before giving up (`NatExhausted`). Candidates are
@@ -100,12 +100,24 @@ fn flow_hash(k: &CtKey) -> u32 {
 
 /// Original direction: the source becomes `ip:port`.
 #[inline(always)]
-pub fn snat(ctx: &TcContext, pkt: &mut Packet, ip: u32, port: u16) -> Result<(), DropReason> {
-    rewrite(ctx, pkt, End::Src, ip, port)
+pub fn snat(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    ip: u32,
+    port: u16,
+    how: Checksum,
+) -> Result<(), DropReason> {
+    rewrite(ctx, pkt, End::Src, ip, port, how)
 }
 
 /// Reply direction: the destination goes back to the original source.
 #[inline(always)]
-pub fn rev_snat(ctx: &TcContext, pkt: &mut Packet, ip: u32, port: u16) -> Result<(), DropReason> {
-    rewrite(ctx, pkt, End::Dst, ip, port)
+pub fn rev_snat(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    ip: u32,
+    port: u16,
+    how: Checksum,
+) -> Result<(), DropReason> {
+    rewrite(ctx, pkt, End::Dst, ip, port, how)
 }

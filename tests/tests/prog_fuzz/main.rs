@@ -978,14 +978,14 @@ fn setup<'a>(bpf: &'a mut Ebpf) -> anyhow::Result<(Bench<'a>, Net)> {
         })
         .collect();
     // How close each program is to the verifier's 1,000,000-instruction budget.
+    let tail: &SchedClassifier = bpf.program("from_container_new").unwrap().try_into()?;
     let verified: Vec<String> = PROGS
         .iter()
-        .map(|p| {
-            let n = progs[p]
-                .info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count());
-            format!("{} {}", p.name(), n.map_or("?".into(), |n| n.to_string()))
+        .map(|p| (p.name(), progs[p]))
+        .chain([("from_container_new", tail)])
+        .map(|(name, p)| {
+            let n = p.info().ok().and_then(|i| i.verified_instruction_count());
+            format!("{name} {}", n.map_or("?".into(), |n| n.to_string()))
         })
         .collect();
     println!("prog_fuzz: verified instructions: {}", verified.join(", "));
@@ -1022,7 +1022,7 @@ fn setup<'a>(bpf: &'a mut Ebpf) -> anyhow::Result<(Bench<'a>, Net)> {
 #[test]
 fn fuzz_regressions() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     let (mut bench, net) = setup(&mut bpf)?;
     let world = World::base(&net);
     bench.maps.install(&world)?;
@@ -1043,7 +1043,7 @@ fn fuzz_regressions() -> anyhow::Result<()> {
 #[test]
 fn differential_fuzz() -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
-    let mut bpf = Ebpf::load(&obj)?;
+    let mut bpf = prog_harness::load(&obj)?;
     let (mut bench, net) = setup(&mut bpf)?;
 
     // Replay one scenario.

@@ -363,7 +363,13 @@ pub fn object() -> Option<Vec<u8>> {
         PathBuf::from,
     );
     match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
+        Ok(bytes) => {
+            // Its kfunc calls resolved as the agent's loader resolves them; `load` and
+            // `loader` set the kernel layout it needs.
+            let patched = datapath_common::kfunc::patch(&bytes).expect("resolving kfunc calls");
+            let _ = SKB_LAYOUT.set(patched.layout);
+            Some(patched.object)
+        }
         Err(e) => {
             eprintln!(
                 "skipped: eBPF object {} not readable ({e}); build it first (agent/build.rs)",
@@ -372,6 +378,25 @@ pub fn object() -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// The running kernel's `sk_buff` layout, found by `object`.
+static SKB_LAYOUT: std::sync::OnceLock<datapath_common::kfunc::SkbLayout> =
+    std::sync::OnceLock::new();
+
+/// A loader for an object from `object`, with the globals the agent's loader sets.
+pub fn loader() -> EbpfLoader<'static> {
+    use datapath_common::kfunc::{GLOBAL_IP_SUMMED_OFF, GLOBAL_IP_SUMMED_SHIFT};
+    let layout = SKB_LAYOUT.get().expect("object() first");
+    let mut l = EbpfLoader::new();
+    l.override_global(GLOBAL_IP_SUMMED_OFF, &layout.ip_summed_off, true)
+        .override_global(GLOBAL_IP_SUMMED_SHIFT, &layout.ip_summed_shift, true);
+    l
+}
+
+/// Loads an object from `object` (`loader`).
+pub fn load(obj: &[u8]) -> anyhow::Result<Ebpf> {
+    Ok(loader().load(obj)?)
 }
 
 /// Moves this test's thread (only) into a new network namespace, the one BPF_PROG_TEST_RUN
@@ -522,12 +547,34 @@ pub fn load_classifier<'a>(
     bpf: &'a mut Ebpf,
     name: &str,
 ) -> anyhow::Result<&'a mut SchedClassifier> {
+    if name == "from_container" {
+        load_tail_call_targets(bpf)?;
+    }
     let prog: &mut SchedClassifier = bpf
         .program_mut(name)
         .ok_or_else(|| anyhow::anyhow!("program {name} missing from the object"))?
         .try_into()?;
     prog.load()?;
     Ok(prog)
+}
+
+/// Loads the programs `from_container` tail-calls into and puts them in `TG_PROGS`, as the
+/// agent's loader does (once: a retried load finds them there).
+pub fn load_tail_call_targets(bpf: &mut Ebpf) -> anyhow::Result<()> {
+    let prog: &mut SchedClassifier = bpf
+        .program_mut("from_container_new")
+        .ok_or_else(|| anyhow::anyhow!("program from_container_new missing from the object"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()?;
+    }
+    let fd = prog.fd()?.try_clone()?;
+    let mut slots = aya::maps::ProgramArray::try_from(
+        bpf.map_mut(maps::PROGS)
+            .ok_or_else(|| anyhow::anyhow!("map {} missing", maps::PROGS))?,
+    )?;
+    slots.set(maps::PROG_SLOT_CONTAINER_NEW, &fd, 0)?;
+    Ok(())
 }
 
 /// The important check: the verifier accepts every program, and every map exists under its
