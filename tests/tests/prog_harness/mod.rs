@@ -389,8 +389,9 @@ pub fn loader() -> EbpfLoader<'static> {
     use datapath_common::kfunc::{GLOBAL_IP_SUMMED_OFF, GLOBAL_IP_SUMMED_SHIFT};
     let layout = SKB_LAYOUT.get().expect("object() first");
     let mut l = EbpfLoader::new();
-    l.override_global(GLOBAL_IP_SUMMED_OFF, &layout.ip_summed_off, true)
-        .override_global(GLOBAL_IP_SUMMED_SHIFT, &layout.ip_summed_shift, true);
+    // Not `must_exist`: an older build's object (`TOLLGATE_EBPF_OBJ`) has neither.
+    l.override_global(GLOBAL_IP_SUMMED_OFF, &layout.ip_summed_off, false)
+        .override_global(GLOBAL_IP_SUMMED_SHIFT, &layout.ip_summed_shift, false);
     l
 }
 
@@ -561,10 +562,11 @@ pub fn load_classifier<'a>(
 /// Loads the programs `from_container` tail-calls into and puts them in `TG_PROGS`, as the
 /// agent's loader does (once: a retried load finds them there).
 pub fn load_tail_call_targets(bpf: &mut Ebpf) -> anyhow::Result<()> {
-    let prog: &mut SchedClassifier = bpf
-        .program_mut("from_container_new")
-        .ok_or_else(|| anyhow::anyhow!("program from_container_new missing from the object"))?
-        .try_into()?;
+    // An older build's object (`TOLLGATE_EBPF_OBJ`) has none.
+    let Some(prog) = bpf.program_mut("from_container_new") else {
+        return Ok(());
+    };
+    let prog: &mut SchedClassifier = prog.try_into()?;
     if prog.fd().is_err() {
         prog.load()?;
     }
