@@ -9,7 +9,7 @@
 //!                                        |     reply of a port-mapped flow: source back to hostip:P --> FIB redirect
 //!                                        |     masqueraded flow:            source to snat_ip:port  --> FIB redirect (uplink)
 //!                                        |     hairpin / plain tracked:     as at creation
-//!                                        +-- new flow:
+//!                                        +-- new flow (`from_container_new`, a tail call):
 //!                                              hairpin to hostip:P of B: policy, DNAT to B       --> node stack --> [tgB]
 //!                                              hairpin to its own port:  DNAT + SNAT to gateway  --> redirect out [tgA]
 //!                                              to container B by IP:     link | ICC, policy      --> node stack (plain tracked)

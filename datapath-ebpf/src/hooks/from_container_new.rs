@@ -34,7 +34,8 @@ use crate::{
 #[classifier]
 pub fn from_container_new(ctx: TcContext) -> i32 {
     // `from_container` found the endpoint a moment ago; it can only be gone if the container
-    // was removed in between, and then the packet has nowhere to go.
+    // was removed in between, and then the packet passes untouched, as `from_container`
+    // passes those of a veth it does not know.
     let Some(ep) = endpoint_of(&ctx) else {
         return verdict::tc_for(Err(Skip::NotOurs.into()), 0);
     };
