@@ -383,18 +383,12 @@ pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: &T) -> Result<(), DropReas
 /// long as every word is loaded the same way).
 #[inline(always)]
 pub fn ip_check(ctx: &TcContext) -> Result<u16, DropReason> {
-    read16(ctx, IP_CSUM_OFF)
-}
-
-/// The 16-bit word at byte `off` of the frame, raw (native load, as `ip_check`).
-#[inline(always)]
-pub fn read16(ctx: &TcContext, off: usize) -> Result<u16, DropReason> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + off + 2 <= end {
+    if data + IP_CSUM_OFF + 2 <= end {
         // SAFETY: the two bytes lie inside the linear data (checked above).
-        return Ok(unsafe { core::ptr::read_unaligned((data + off) as *const u16) });
+        return Ok(unsafe { core::ptr::read_unaligned((data + IP_CSUM_OFF) as *const u16) });
     }
-    ctx.load(off).map_err(|_| DropReason::RewriteFailed)
+    ctx.load(IP_CSUM_OFF).map_err(|_| DropReason::RewriteFailed)
 }
 
 /// The IPv4 header of the frame, or `None` if it is not IPv4 (anti-spoofing runs on every
