@@ -143,7 +143,8 @@ pub struct DaemonArgs {
     /// Idle timeout of ICMP echo conntrack entries, seconds.
     #[arg(long, default_value_t = datapath_common::config::CT_ICMP_S_DEFAULT)]
     pub ct_icmp_timeout: u32,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off by default.
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464); off by default. At most
+    /// 64 connections at once, each closed without a request within 10 s or after a minute.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
     /// How often expired conntrack entries are removed, seconds.

@@ -149,3 +149,88 @@ fn ebpf_logs_reach_the_daemon_log_at_debug() {
         sb.daemon_log()
     );
 }
+
+/// `--metrics` is a TCP port that whoever reaches it may open connections to. Clients that
+/// connect and send nothing are bounded: the daemon keeps at most 64 of them (one more is
+/// closed at once), so they cannot take its file descriptors, its API keeps answering, and each
+/// is closed once no request head came within 10 s, after which scrapes are served again.
+#[test]
+fn stalled_metrics_clients_are_bounded_and_closed() {
+    const PORT: u16 = 9371;
+    let sb = sandbox!("ob-metrics-bounds", &["--metrics", "127.0.0.1:9371"]);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], PORT).into();
+    assert!(
+        scrape(&sb.node, addr).contains("tollgate_"),
+        "a first scrape"
+    );
+    let pid = sb.pid().expect("daemon pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let stalled = in_ns(&sb.node, move || {
+        (0..100)
+            .map(|_| {
+                Ok(std::net::TcpStream::connect_timeout(
+                    &addr,
+                    Duration::from_secs(2),
+                )?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .unwrap();
+    // Accepted, and the ones over the limit closed again.
+    std::thread::sleep(Duration::from_millis(500));
+    let held = fds().saturating_sub(before);
+    assert!(
+        held <= 64,
+        "the daemon holds {held} more fds with 100 stalled metrics clients (limit 64)"
+    );
+    sb.ok(&["status"]);
+    // Every stalled connection is closed by the daemon: the head timeout (10 s), or at once.
+    let start = Instant::now();
+    for mut s in stalled {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            // EOF, or hyper's 408 before it.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!(
+                "a stalled metrics connection still open after {:?}: {e}",
+                start.elapsed()
+            ),
+        }
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        scrape(&sb.node, addr).contains("tollgate_"),
+        "a scrape afterwards"
+    );
+}
+
+/// `GET /metrics` on `addr` in namespace `ns`: the whole answer.
+fn scrape(ns: &str, addr: std::net::SocketAddr) -> String {
+    in_ns(ns, move || {
+        use std::io::{Read, Write};
+        let mut s = eventually(Duration::from_secs(5), || {
+            Ok(std::net::TcpStream::connect_timeout(
+                &addr,
+                Duration::from_secs(2),
+            )?)
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .expect("scraping /metrics")
+}

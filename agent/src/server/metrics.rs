@@ -2,7 +2,11 @@
 //! counters as `tollgate stats` and `tollgate status`, built from their typed answers at scrape
 //! time so the two can never disagree, and encoded by `prometheus-client`.
 
-use std::{net::SocketAddr, sync::atomic::AtomicU64};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use axum::{
@@ -12,12 +16,18 @@ use axum::{
     routing::get,
     Router,
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tracing::info;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use super::routes::App;
 use crate::{
@@ -171,7 +181,18 @@ pub async fn scrape<D: Datapath, S: Store>(State(app): State<App<D, S>>) -> Resp
     }
 }
 
-/// Serves `/metrics` alone on `addr` (the rest of the API stays on the root-only socket).
+/// Bounds of the `--metrics` listener, a TCP port that anything able to reach it may open
+/// connections to: at most `METRICS_MAX_CONNECTIONS` at once (one more is closed at once),
+/// a request head within `METRICS_HEAD_TIMEOUT`, a connection at most `METRICS_CONN_LIFETIME`.
+/// A scraper needs one connection for a few milliseconds; without bounds, clients that connect
+/// and stall would take the daemon's file descriptors, which its API socket and every
+/// container's namespace also need.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+pub const METRICS_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const METRICS_CONN_LIFETIME: Duration = Duration::from_mins(1);
+
+/// Serves `/metrics` alone on `addr` (the rest of the API stays on the root-only socket),
+/// within the bounds above.
 pub async fn serve<D: Datapath, S: Store>(addr: SocketAddr, app: App<D, S>) -> Result<()> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
@@ -180,9 +201,33 @@ pub async fn serve<D: Datapath, S: Store>(addr: SocketAddr, app: App<D, S>) -> R
     let router = Router::new()
         .route(paths::METRICS, get(scrape::<D, S>))
         .with_state(app);
+    let slots = Arc::new(Semaphore::new(METRICS_MAX_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, router).await {
-            tracing::warn!("metrics server: {e}");
+        loop {
+            let stream = match l.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of fds and the like: back off instead of spinning.
+                Err(e) => {
+                    warn!("accepting a metrics connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!("{METRICS_MAX_CONNECTIONS} metrics connections open: closing one more");
+                continue;
+            };
+            let service = TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(METRICS_HEAD_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Ok(Err(e)) = tokio::time::timeout(METRICS_CONN_LIFETIME, conn).await {
+                    debug!("metrics connection: {e}");
+                }
+                drop(slot);
+            });
         }
     });
     Ok(())
