@@ -523,3 +523,20 @@ pub fn tcp_mass_echo(ns: &str, port: u16) -> Result<Recorder> {
         )?,
     })
 }
+
+/// `GET /metrics` from a daemon's `--metrics` listener on 127.0.0.1:`port` of namespace `ns`:
+/// the whole answer, head and body.
+pub fn scrape_metrics(ns: &str, port: u16) -> String {
+    in_ns(ns, move || {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut s = eventually(Duration::from_secs(5), || {
+            Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?)
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .expect("fetching /metrics")
+}

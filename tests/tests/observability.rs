@@ -160,7 +160,7 @@ fn stalled_metrics_clients_are_bounded_and_closed() {
     let sb = sandbox!("ob-metrics-bounds", &["--metrics", "127.0.0.1:9371"]);
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], PORT).into();
     assert!(
-        scrape(&sb.node, addr).contains("tollgate_"),
+        scrape_metrics(&sb.node, PORT).contains("tollgate_"),
         "a first scrape"
     );
     let pid = sb.pid().expect("daemon pid");
@@ -211,26 +211,7 @@ fn stalled_metrics_clients_are_bounded_and_closed() {
         start.elapsed()
     );
     assert!(
-        scrape(&sb.node, addr).contains("tollgate_"),
+        scrape_metrics(&sb.node, PORT).contains("tollgate_"),
         "a scrape afterwards"
     );
-}
-
-/// `GET /metrics` on `addr` in namespace `ns`: the whole answer.
-fn scrape(ns: &str, addr: std::net::SocketAddr) -> String {
-    in_ns(ns, move || {
-        use std::io::{Read, Write};
-        let mut s = eventually(Duration::from_secs(5), || {
-            Ok(std::net::TcpStream::connect_timeout(
-                &addr,
-                Duration::from_secs(2),
-            )?)
-        })?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-    .expect("scraping /metrics")
 }

@@ -10,8 +10,8 @@
 //! and TBF, come from `cargo xtask bench ratelimit` (docs/ratelimit.md).
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    io::Read,
+    net::Ipv4Addr,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -265,7 +265,7 @@ fn udp_at_twice_the_rate_is_policed_and_counted() {
         "--ingress",
         "20mbit",
     ]);
-    let m0 = metrics(&sb.node, 9361);
+    let m0 = scrape_metrics(&sb.node, 9361);
     let s0 = stats(&sb, &name);
 
     let eg = egress_run(&sb, &ns, 5331, 3, &["-u", "-b", "40M", "-l", "1400"]);
@@ -318,7 +318,7 @@ fn udp_at_twice_the_rate_is_policed_and_counted() {
     );
 
     // The metrics are the same counters: they moved by at least what the runs imply.
-    let m1 = metrics(&sb.node, 9361);
+    let m1 = scrape_metrics(&sb.node, 9361);
     let label = format!("container=\"{name}\"");
     let tx_m = metric(&m1, "tollgate_container_tx_bytes_total", &label)
         - metric(&m0, "tollgate_container_tx_bytes_total", &label);
@@ -435,22 +435,6 @@ fn bpftool_dump_shows_field_names() {
         pm.contains("\"container_ip\""),
         "no container_ip in TG_PORTMAP dump:\n{pm}"
     );
-}
-
-/// GET /metrics from the daemon, which listens in the node namespace.
-fn metrics(node: &str, port: u16) -> String {
-    in_ns(node, move || {
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut s = eventually(Duration::from_secs(5), || {
-            Ok(TcpStream::connect_timeout(&addr, IO_TIMEOUT)?)
-        })?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })
-    .expect("fetching metrics")
 }
 
 /// Value of `name{labels}` in an exposition text, 0 when absent.
