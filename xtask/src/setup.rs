@@ -54,9 +54,12 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "zsh",
     "fish",
-    // The cluster store: etcd-client's build runs `protoc` (tonic/prost code generation), and
+    // The cluster store: etcd-client's build runs `protoc` (tonic/prost code generation) on
+    // protos that import the well-known types (google/protobuf/descriptor.proto, only
+    // recommended by protobuf-compiler, so not there with --no-install-recommends), and
     // tests/tests/cluster_store.rs runs a real etcd (Debian's 3.4) in a namespace of its own.
     "protobuf-compiler",
+    "libprotobuf-dev",
     "etcd-server",
 ];
 
