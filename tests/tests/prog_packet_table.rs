@@ -347,10 +347,20 @@ fn cases() -> Vec<Case> {
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// The eBPF object, or `None` (after printing why) when this test cannot run here.
-
 #[test]
 fn packet_table() -> anyhow::Result<()> {
+    run_table(IpSummed::None)
+}
+
+/// The table on skbs that arrive as CHECKSUM_COMPLETE, as from a NIC that sums what it
+/// receives: the same outputs, and `skb->csum` must still match the bytes after every
+/// rewrite (the kernel checks it).
+#[test]
+fn packet_table_checksum_complete() -> anyhow::Result<()> {
+    run_table(IpSummed::Complete)
+}
+
+fn run_table(summed: IpSummed) -> anyhow::Result<()> {
     let Some(obj) = object() else { return Ok(()) };
     enter_test_netns()?;
     let mut bpf = prog_harness::load(&obj)?;
@@ -360,7 +370,8 @@ fn packet_table() -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     for c in cases() {
-        let (return_value, out) = match run(&bpf, c.prog, default_dev(c.prog, &c.input), &c.input) {
+        let dev = default_dev(c.prog, &c.input);
+        let (return_value, out) = match run_summed(&bpf, c.prog, dev, &c.input, summed) {
             Ok(res) => res,
             Err(e) if c.kernel_may_refuse => {
                 println!(
@@ -369,7 +380,7 @@ fn packet_table() -> anyhow::Result<()> {
                 );
                 continue;
             }
-            Err(e) => return Err(anyhow::anyhow!("{}: test run failed: {e:?}", c.description)),
+            Err(e) => return Err(e.context(format!("{}: test run failed", c.description))),
         };
         let (retval, expected) = match &c.expect {
             Expect::Untouched => (TC_ACT_OK, c.input.clone()),
@@ -394,7 +405,7 @@ fn packet_table() -> anyhow::Result<()> {
     }
     assert!(
         failures.is_empty(),
-        "{} case(s) failed:\n{}",
+        "{summed:?}: {} case(s) failed:\n{}",
         failures.len(),
         failures.join("\n")
     );

@@ -5,7 +5,11 @@ pub mod dnat;
 pub mod icmp;
 pub mod snat;
 
-use aya_ebpf::{bindings::__sk_buff, helpers::bpf_csum_update, programs::TcContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_csum_update, bpf_skb_pull_data},
+    programs::TcContext,
+};
 use datapath_common::{
     conntrack::{CT_DNAT, CT_REPLY, CT_SNAT},
     drop::DropReason,
@@ -154,8 +158,8 @@ const L4_ICMP: u32 = 1 << 17;
 ///   completes: the address goes in (added), the port does not.
 ///
 /// UDP's (`L4_UDP`) "no checksum" zero stays zero, and a computed zero is written as 0xffff
-/// (the helper's `BPF_F_MARK_MANGLED_0`). Returns 0, or -1 when the field is not in the
-/// linear data (headers are, on every path the datapath translates).
+/// (the helper's `BPF_F_MARK_MANGLED_0`). Returns 0, or -1 when the field cannot be pulled
+/// into the linear data.
 ///
 #[inline(always)]
 fn l4_checksum_of(ctx: &TcContext, off_flags: u32, old_ip: u32, ip: u32, ports: u32) -> i32 {
@@ -164,17 +168,31 @@ fn l4_checksum_of(ctx: &TcContext, off_flags: u32, old_ip: u32, ip: u32, ports: 
     let off = (off_flags & 0xff) as usize;
     let (udp, icmp) = (off_flags & L4_UDP != 0, off_flags & L4_ICMP != 0);
     let (old_port, port) = (ports as u16, (ports >> 16) as u16);
+    if ctx.data() + off + 2 > ctx.data_end() {
+        // The headers are partly in paged data (rare: drivers and GRO put them in the linear
+        // part): pull them in, as `bpf_l4_csum_replace` would have (`skb_ensure_writable`).
+        // SAFETY: plain helper call on this program's context.
+        if unsafe { bpf_skb_pull_data(ctx.skb.skb, (off + 2) as u32) } != 0 {
+            return -1;
+        }
+    }
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + off + 2 > end {
         return -1;
     }
     // SAFETY: the two bytes lie inside the linear data (checked above).
     let old = unsafe { core::ptr::read_unaligned((data + off) as *const u16) };
+    let summed = skb::ip_summed(ctx);
     if udp && old == 0 {
+        // No checksum to fix, so nothing offsets the port's change in the packet's byte sum
+        // (the address's is, by the IP header checksum).
+        if summed == CHECKSUM_COMPLETE && old_port != port {
+            // SAFETY: plain helper call on this program's context.
+            unsafe { bpf_csum_update(ctx.skb.skb, csum::sub32(port.into(), old_port.into())) };
+        }
         return 0;
     }
     let addr_changes = !icmp && old_ip != ip;
-    let summed = skb::ip_summed(ctx);
     let mut c = old;
     if summed == CHECKSUM_PARTIAL {
         if addr_changes {

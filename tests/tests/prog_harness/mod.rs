@@ -544,6 +544,103 @@ pub fn run(bpf: &Ebpf, prog: &str, dev: &str, input: &[u8]) -> anyhow::Result<(u
     Ok((res.return_value, out))
 }
 
+/// What `skb->ip_summed` a `BPF_PROG_TEST_RUN` skb arrives with (aya 0.14's
+/// `TestRunOptions` sets no skb flags, so `run_summed` makes the call itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpSummed {
+    /// CHECKSUM_NONE, as `run` gives.
+    None,
+    /// CHECKSUM_COMPLETE (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`, Linux 6.11): `skb->csum` holds
+    /// the sum of the frame's bytes from the IP header on, as from a NIC that sums what it
+    /// receives, and the kernel fails the run with EBADMSG if the program leaves `skb->csum`
+    /// no longer matching the bytes it wrote.
+    Complete,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+
+/// `union bpf_attr` as `BPF_PROG_TEST_RUN` reads it.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `run` on an skb that arrives as `summed` says.
+pub fn run_summed(
+    bpf: &Ebpf,
+    prog: &str,
+    dev: &str,
+    input: &[u8],
+    summed: IpSummed,
+) -> anyhow::Result<(u32, Vec<u8>)> {
+    let p: &SchedClassifier = bpf.program(prog).unwrap().try_into()?;
+    run_program_summed(p, ifindex(dev)?, input, summed)
+        .map_err(|e| anyhow::anyhow!("BPF_PROG_TEST_RUN of {prog} ({summed:?}): {e}"))
+}
+
+/// `run_summed` of a loaded program on a frame arriving on `ifindex`; the error is the
+/// kernel's errno (EBADMSG: the program left a CHECKSUM_COMPLETE skb's `csum` stale).
+pub fn run_program_summed(
+    p: &SchedClassifier,
+    ifindex: u32,
+    input: &[u8],
+    summed: IpSummed,
+) -> std::io::Result<(u32, Vec<u8>)> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = p.fd().map_err(std::io::Error::other)?.as_fd().as_raw_fd();
+    // struct __sk_buff up to and including `ifindex` (offset 40), as in `run`.
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let len = |n: usize| u32::try_from(n).map_err(std::io::Error::other);
+    let mut out = vec![0u8; input.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(fd).map_err(std::io::Error::other)?,
+        data_size_in: len(input.len())?,
+        data_size_out: len(out.len())?,
+        data_in: input.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: len(ctx.len())?,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: match summed {
+            IpSummed::None => 0,
+            IpSummed::Complete => BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+        },
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` points at live buffers of the sizes it states, for the call's duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &raw mut attr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
+}
+
 pub fn load_classifier<'a>(
     bpf: &'a mut Ebpf,
     name: &str,
