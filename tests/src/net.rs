@@ -540,3 +540,72 @@ pub fn scrape_metrics(ns: &str, port: u16) -> String {
     })
     .expect("fetching /metrics")
 }
+
+/// Sends the Ethernet `frame` out of interface `ifname` of `ns` (a packet socket, nothing of
+/// the namespace's stack), built so that only its Ethernet header is in the skb's linear data
+/// and the rest in page fragments, as some NICs and drivers hand packets over: the socket's
+/// virtio-net header asks for no more than that to be linear (`PACKET_VNET_HDR`, header
+/// length 0), and the kernel honours it for frames of a page or more (`packet_alloc_skb`).
+pub fn send_paged_frame(ns: &str, ifname: &str, frame: Vec<u8>) -> Result<()> {
+    /// `struct virtio_net_hdr`: no checksum offload, no GSO, header length 0.
+    const VNET_HDR: [u8; 10] = [0; 10];
+    anyhow::ensure!(frame.len() >= 4096, "a frame under a page is sent linear");
+    let ifname = ifname.to_string();
+    in_ns(ns, move || {
+        let ifindex = ifindex_of(&ifname)?;
+        // SAFETY: plain socket call; the fd is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("packet socket");
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let on: libc::c_int = 1;
+        // SAFETY: an int option of the size given, on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&raw const on).cast(),
+                libc::socklen_t::try_from(size_of::<libc::c_int>())?,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("PACKET_VNET_HDR");
+        }
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = u16::try_from(libc::AF_PACKET)?;
+        to.sll_protocol = u16::from_be_bytes([frame[12], frame[13]]).to_be();
+        to.sll_ifindex = ifindex;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let mut buf = VNET_HDR.to_vec();
+        buf.extend_from_slice(&frame);
+        // SAFETY: `buf` and `to` are live for the call, with the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw const to).cast(),
+                libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>())?,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("sending the frame");
+        }
+        Ok(())
+    })
+}
+
+/// The index of interface `ifname` in this thread's namespace.
+fn ifindex_of(ifname: &str) -> Result<i32> {
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: a NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(idx != 0, "no interface {ifname}");
+    Ok(i32::try_from(idx)?)
+}
