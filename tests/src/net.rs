@@ -320,7 +320,7 @@ pub fn udp_sink(ns: &str, port: u16) -> Result<Recorder> {
                 Ok(s)
             },
             move |sock, s2| {
-                let mut buf = [0u8; 2048];
+                let mut buf = vec![0u8; 65536];
                 while !s2.load(Ordering::SeqCst) {
                     if let Ok((n, SocketAddr::V4(peer))) = sock.recv_from(&mut buf) {
                         seen2.lock().unwrap().push((peer, buf[..n].to_vec()));

@@ -662,10 +662,10 @@ fn udp_frame(
 }
 
 /// A datagram whose IP and UDP headers are not in the skb's linear data but in page
-/// fragments, as some NICs hand packets to the stack, is translated all the same: the
-/// datapath pulls in what it rewrites (the L4 checksum too), the container's stack accepts
-/// its checksum (it checks the whole datagram), sees the client's address, and the echo comes
-/// back. Frames of a page or more: jumbo MTUs on every hop.
+/// fragments, as some NICs hand packets to the stack, is translated all the same, in both
+/// directions: the datapath pulls in what it rewrites (the L4 checksum too), the receiving
+/// stack accepts its checksum (it checks the whole datagram) and sees the right address.
+/// Frames of a page or more: jumbo MTUs on every hop.
 #[test]
 fn udp_with_headers_in_paged_data_is_translated() {
     let sb = sandbox!("pm-paged");
@@ -721,6 +721,32 @@ fn udp_with_headers_in_paged_data_is_translated() {
         "the datagram arrived cut or changed ({} bytes answered)",
         answer.len()
     );
+
+    // The other way, through `from_container`'s checksum code (a function of its own there):
+    // a masqueraded datagram from the container, its headers in page fragments too.
+    let ip: Ipv4Addr = v["ip"].as_str().unwrap().parse().unwrap();
+    let sink = udp_sink(&sb.client, 40998).unwrap();
+    let frame = udp_frame(
+        (mac_of(&sb.node, &host_if), mac_of(&ns, "eth0")),
+        (ip, 41000),
+        (sb.client_ip, 40998),
+        &payload,
+    );
+    let seen = eventually(Duration::from_secs(5), || {
+        send_paged_frame(&ns, "eth0", frame.clone())?;
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = sink.snapshot();
+        anyhow::ensure!(!seen.is_empty(), "nothing arrived yet");
+        Ok(seen)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", sb.tail_log()));
+    assert_eq!(
+        *seen[0].0.ip(),
+        sb.uplink_ip,
+        "masqueraded to the uplink's address"
+    );
+    assert!(seen[0].1 == payload, "the datagram arrived cut or changed");
+
     let stats = sb.json(&["stats"]);
     assert_eq!(stats[0]["drops"]["rewrite_failed"], 0, "{stats}");
 }
